@@ -1,0 +1,1 @@
+"""RL pieces of the actor-learner experiments: environments, models, rollouts and PPO."""

@@ -1,0 +1,5 @@
+"""Vectorised, torch-native environments used by the experiments."""
+
+from experiments.envs.cartpole import BatchedCartPole
+
+__all__ = ["BatchedCartPole"]

@@ -1,0 +1,142 @@
+"""Tests of the PPO learner: GAE bookkeeping, the update contract, and that it actually learns."""
+
+from collections import deque
+from itertools import pairwise
+
+import pytest
+import torch
+
+from experiments.envs import BatchedCartPole
+from experiments.learner import PPOLearner, compute_gae
+from experiments.models import ActorCritic
+from experiments.rollout import collect_rollout
+
+NUM_ENVS = 16
+ROLLOUT_STEPS = 128
+TARGET_RETURN = 150.0
+MAX_UPDATES = 50  # about 100k frames; the seeds below need 15-16 updates
+
+
+def _gae(terminated: list[bool], truncated: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE with gamma = lambda = 0.5 on one 3-step column with rewards 1 and simple values."""
+    column = torch.tensor
+    return compute_gae(
+        reward=column([[1.0], [1.0], [1.0]]),
+        value=column([[1.0], [2.0], [4.0]]),
+        next_value=column([[10.0], [20.0], [40.0]]),
+        terminated=column([[False], [terminated[1]], [False]]),
+        truncated=column([[False], [truncated[1]], [False]]),
+        gamma=0.5,
+        gae_lambda=0.5,
+    )
+
+
+def test_gae_without_episode_end() -> None:
+    advantages, returns = _gae([False] * 3, [False] * 3)
+    # deltas: 1 + 0.5*10 - 1 = 5, 1 + 0.5*20 - 2 = 9, 1 + 0.5*40 - 4 = 17.
+    expected = torch.tensor([[5.0 + 0.25 * (9.0 + 0.25 * 17.0)], [9.0 + 0.25 * 17.0], [17.0]])
+    torch.testing.assert_close(advantages, expected)
+    torch.testing.assert_close(returns, expected + torch.tensor([[1.0], [2.0], [4.0]]))
+
+
+def test_gae_terminated_step_does_not_bootstrap() -> None:
+    advantages, _ = _gae([False, True, False], [False] * 3)
+    # Step 1 ends the episode: delta = 1 - 2 = -1, and step 2 belongs to a new episode.
+    torch.testing.assert_close(advantages, torch.tensor([[5.0 + 0.25 * -1.0], [-1.0], [17.0]]))
+
+
+def test_gae_truncated_step_bootstraps_but_does_not_chain() -> None:
+    advantages, _ = _gae([False] * 3, [False, True, False])
+    torch.testing.assert_close(advantages, torch.tensor([[5.0 + 0.25 * 9.0], [9.0], [17.0]]))
+
+
+def _rollout_batch(seed: int, num_envs: int = 8, steps: int = 32):
+    torch.manual_seed(seed)
+    model = ActorCritic(4, 2)
+    env = BatchedCartPole(num_envs, seed=seed)
+    return model, collect_rollout(env, model, steps)
+
+
+def test_update_reports_metrics_and_calls_before_step_before_each_step() -> None:
+    model, batch = _rollout_batch(0)
+    learner = PPOLearner(model, epochs=3, minibatches=2, seed=0)
+    snapshots: list[torch.Tensor] = []
+
+    def before_step() -> None:
+        snapshots.append(torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone())
+
+    initial = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    stats = learner.update(batch, before_step=before_step)
+
+    assert set(stats) == {
+        "loss",
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "approx_kl",
+        "clip_fraction",
+    }
+    assert all(isinstance(v, float) and torch.isfinite(torch.tensor(v)) for v in stats.values())
+    assert stats["value_loss"] > 0 and stats["entropy"] == pytest.approx(0.693, abs=0.01)
+    assert 0.0 <= stats["clip_fraction"] <= 1.0
+    assert len(snapshots) == 3 * 2
+    # The callback sees the parameters as they were before the step that follows it.
+    assert torch.equal(snapshots[0], initial)
+    for earlier, later in pairwise(snapshots):
+        assert not torch.equal(earlier, later)
+    final = torch.nn.utils.parameters_to_vector(model.parameters())
+    assert not torch.equal(final, snapshots[-1])
+
+
+def test_update_accepts_worker_batches_concatenated_along_envs() -> None:
+    model, first = _rollout_batch(1, num_envs=3, steps=20)
+    second = collect_rollout(BatchedCartPole(5, seed=2), model, 20)
+    stats = PPOLearner(model, seed=0).update(torch.cat([first, second], dim=1))
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+
+
+def test_update_rejects_flat_batch() -> None:
+    model, batch = _rollout_batch(0)
+    with pytest.raises(ValueError, match="T, B"):
+        PPOLearner(model).update(batch.reshape(-1))
+
+
+def _mean_recent_return(env: BatchedCartPole, recent: deque[float]) -> float:
+    recent.extend(env.pop_finished_returns().tolist())
+    return sum(recent) / len(recent) if recent else 0.0
+
+
+def train_until_target(seed: int) -> int | None:
+    """Train PPO on CartPole; return the frames collected when the mean return of the last
+    20 finished episodes first exceeds the target, or None if the budget runs out."""
+    torch.manual_seed(seed)
+    env = BatchedCartPole(NUM_ENVS, seed=seed)
+    model = ActorCritic(env.observation_size, env.num_actions, hidden_sizes=(64, 64))
+    learner = PPOLearner(model, lr=5e-4, epochs=4, minibatches=4, seed=seed)
+    sampler = torch.Generator().manual_seed(seed)
+    recent: deque[float] = deque(maxlen=20)
+    for update in range(1, MAX_UPDATES + 1):
+        batch = collect_rollout(env, model, ROLLOUT_STEPS, generator=sampler)
+        if _mean_recent_return(env, recent) > TARGET_RETURN:
+            return update * NUM_ENVS * ROLLOUT_STEPS
+        learner.update(batch)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ppo_learns_cartpole(seed: int) -> None:
+    frames = train_until_target(seed)
+    assert frames is not None, f"mean return stayed <= {TARGET_RETURN} for {MAX_UPDATES} updates"
+
+
+def test_untrained_policy_stays_low() -> None:
+    torch.manual_seed(0)
+    env = BatchedCartPole(NUM_ENVS, seed=0)
+    model = ActorCritic(env.observation_size, env.num_actions)
+    sampler = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        collect_rollout(env, model, ROLLOUT_STEPS, generator=sampler)
+    returns = env.pop_finished_returns()
+    assert returns.numel() > 50
+    assert returns.mean().item() < 50.0

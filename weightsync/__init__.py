@@ -1,0 +1,49 @@
+"""weightsync: keep the weights of inference workers in step with a trainer.
+
+The public API follows TorchRL's ``torchrl.weight_update``: schemes (``none``, ``pipe``,
+``shared-mem``) compose a :class:`WeightStrategy` (the weight format) with a transport, and hand
+out a :class:`WeightSender` (trainer) and :class:`WeightReceiver` (each worker).
+"""
+
+from weightsync.endpoints import WeightReceiver, WeightSender
+from weightsync.errors import (
+    ModelPathError,
+    NonFiniteWeightsError,
+    PeerDiedError,
+    SyncTimeoutError,
+    WeightMismatchError,
+    WeightSyncError,
+    WorkerRejectedError,
+)
+from weightsync.group import ModelGroup
+from weightsync.paths import resolve_model_id
+from weightsync.schemes import (
+    MultiProcessWeightSyncScheme,
+    NoWeightSyncScheme,
+    SharedMemWeightSyncScheme,
+    WeightSyncScheme,
+)
+from weightsync.strategy import WeightStrategy
+from weightsync.transports import MPTransport, SharedMemTransport, TransportBackend
+
+__all__ = [
+    "MPTransport",
+    "ModelGroup",
+    "ModelPathError",
+    "MultiProcessWeightSyncScheme",
+    "NoWeightSyncScheme",
+    "NonFiniteWeightsError",
+    "PeerDiedError",
+    "SharedMemTransport",
+    "SharedMemWeightSyncScheme",
+    "SyncTimeoutError",
+    "TransportBackend",
+    "WeightMismatchError",
+    "WeightReceiver",
+    "WeightSender",
+    "WeightStrategy",
+    "WeightSyncError",
+    "WeightSyncScheme",
+    "WorkerRejectedError",
+    "resolve_model_id",
+]

@@ -1,0 +1,211 @@
+"""The two ends of a synchronised model: :class:`WeightSender` and :class:`WeightReceiver`.
+
+A sender lives in the trainer and pushes one model's weights to all (or chosen) workers; a
+receiver lives in one worker and applies what arrives to that worker's copy. Both are generic:
+the scheme that creates them supplies the transport, so the same send/receive logic (versions,
+validation, all-or-nothing apply, zero-copy adoption) serves every scheme.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from weightsync.errors import WeightMismatchError
+from weightsync.flat import FlatBuffer, alias_into, can_alias, is_aliased
+from weightsync.strategy import (
+    FlatWeights,
+    check_finite,
+    copy_weights,
+    flatten_weights,
+    module_weights,
+    set_extra_states,
+    weight_mismatches,
+)
+from weightsync.transports.base import Update
+
+if TYPE_CHECKING:
+    from weightsync.schemes.base import WeightSyncScheme
+
+log = logging.getLogger(__name__)
+
+
+class WeightSender:
+    """Trainer side: sends one model's weights to the workers of a scheme.
+
+    ``send`` blocks until the chosen workers have the new weights (pipe: applied and
+    acknowledged; shared-mem: published as a complete snapshot they adopt at their next
+    ``receive``). ``send_async`` starts the same work and returns at once; the trainer must call
+    ``wait_async`` before it next changes the weights (before ``optimizer.step()``), and may run
+    forward/backward passes in between.
+
+    Each send carries a version, one higher than the last; ``acked_versions`` tells, per worker,
+    the version it is known to hold (None when unknown, e.g. after a failed send).
+    """
+
+    def __init__(self, scheme: WeightSyncScheme):
+        self._scheme = scheme
+        self.version = 0
+        self._pending: int | None = None
+        self._source: FlatBuffer | None = None  # the trainer model's own flat buffer, once bound
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A sender travels without its scheme's runtime (context, pipes, buffers).
+        return {"version": self.version, "_scheme": None, "_pending": None, "_source": None}
+
+    @property
+    def acked_versions(self) -> dict[int, int | None]:
+        transport = self._scheme._transport
+        return {} if transport is None else dict(transport.acked_versions)
+
+    def send(self, weights: Any = None, worker_ids: int | list[int] | None = None) -> None:
+        """Send ``weights`` (default: the scheme's model) and block until delivered."""
+        self.send_async(weights, worker_ids)
+        self.wait_async()
+
+    def send_async(self, weights: Any = None, worker_ids: int | list[int] | None = None) -> None:
+        """Start sending; pair with :meth:`wait_async`. RuntimeError if one is already pending."""
+        if self._pending is not None:
+            raise RuntimeError(
+                f"a send of version {self._pending} of model {self._scheme.model_id!r} is still "
+                "pending; call wait_async() before starting another"
+            )
+        transport = self._scheme._transport
+        self.version += 1
+        if transport is None:  # no synchronisation: nothing is extracted, nothing moves
+            self._pending = self.version
+            return
+        flat, source = self._outgoing(weights)
+        if self._scheme.reject_non_finite:
+            check_finite(flat, self._scheme.model_id)
+        if isinstance(worker_ids, int):
+            worker_ids = [worker_ids]
+        transport.start(self._scheme.model_id, self.version, flat, worker_ids, source=source)
+        self._pending = self.version
+
+    def wait_async(self, timeout: float | None = None) -> None:
+        """Block until the pending send is delivered; RuntimeError if none is pending."""
+        if self._pending is None:
+            raise RuntimeError(
+                f"wait_async() called for model {self._scheme.model_id!r} with no send pending"
+            )
+        self._pending = None
+        transport = self._scheme._transport
+        if transport is not None:
+            transport.finish(timeout)
+
+    def update_weights(self, weights: Any) -> None:
+        """Legacy: send ``weights`` to all workers (blocking)."""
+        self.send(weights)
+
+    def _outgoing(self, weights: Any) -> tuple[FlatWeights, FlatBuffer | None]:
+        """The weights to send in flat form, and the bound flat buffer they live in (if any)."""
+        scheme = self._scheme
+        model = scheme._model if weights is None else None
+        if isinstance(model, nn.Module):
+            if scheme.bind_source:
+                self._bind(model)
+            flat = module_weights(model)
+        else:
+            prepared = scheme.prepare_weights(
+                weights, scheme.model_id, scheme.strategy, scheme._context
+            )
+            if prepared is None:
+                raise ValueError(
+                    f"nothing to send for model {scheme.model_id!r}: pass weights=, or give the "
+                    "scheme the model (init_on_sender(model_id, model=...) or a context)"
+                )
+            flat = flatten_weights(prepared)
+        bound = self._source is not None and is_aliased(flat.tensors, self._source)
+        return flat, self._source if bound else None
+
+    def _bind(self, model: nn.Module) -> None:
+        """Re-point the trainer model's tensors into one flat buffer, once per layout."""
+        live = module_weights(model, live=True)
+        if self._source is not None and is_aliased(live.tensors, self._source):
+            return
+        buffer = self._scheme._transport.source_buffer(live)
+        if not buffer.mismatches(live) and can_alias(live.tensors, buffer):
+            alias_into(live.tensors, buffer)
+            self._source = buffer
+
+
+class WeightReceiver:
+    """Worker side: applies updates of one model to this worker's copy.
+
+    Every update is validated against the worker's model before anything is written; a misfit
+    is refused (the trainer's ``send`` raises, naming this worker) and the model stays exactly as
+    it was. ``version`` is the version of the weights the model holds (0: its initial weights).
+    """
+
+    def __init__(self, scheme: WeightSyncScheme):
+        self._scheme = scheme
+        self.version = 0
+        self._validated: FlatBuffer | None = None  # last incoming buffer checked against the model
+        self._own: FlatBuffer | None = None  # this worker's private flat copy (copying transports)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"version": self.version, "_scheme": None, "_validated": None, "_own": None}
+
+    def receive(self, timeout: float = 0.001) -> bool:
+        """Apply new weights if some arrive within ``timeout`` s; True when applied."""
+        transport = self._scheme._transport
+        if transport is None:
+            return False
+        update = transport.poll(timeout)
+        if update is None:
+            return False
+        if update.version <= self.version and update.buffer is self._validated:
+            transport.acknowledge(update)  # a repeat of what we hold: nothing to do
+            return False
+        try:
+            self._apply_update(update)
+        except WeightMismatchError as err:
+            log.warning("worker refused version %d: %s", update.version, err)
+            transport.reject(update, str(err))
+            return False
+        self.version = update.version
+        transport.acknowledge(update)
+        return True
+
+    def apply_weights(self, weights: Any) -> None:
+        """Apply ``weights`` (any format) to the model, validated first."""
+        self._scheme.strategy.apply_weights(
+            self._scheme._model, weights, model_id=self._scheme.model_id
+        )
+
+    def _apply_update(self, update: Update) -> None:
+        model = self._scheme._model
+        if not isinstance(model, nn.Module):
+            self.apply_weights(update.buffer.read())
+            return
+        live = module_weights(model, live=True)
+        if update.buffer is not self._validated:
+            incoming = update.buffer.layout.as_meta_weights(update.buffer.extra_keys)
+            problems = weight_mismatches(live, incoming)
+            if problems:
+                raise WeightMismatchError(self._scheme.model_id, problems)
+            self._validated = update.buffer
+        if update.zero_copy and can_alias(live.tensors, update.buffer):
+            alias_into(live.tensors, update.buffer, copy=False)
+        elif not update.zero_copy and self._copy_in_one_block(live, update.buffer):
+            pass
+        else:
+            copy_weights(live, update.buffer.read())
+        set_extra_states(model, update.buffer.read_extra())
+
+    def _copy_in_one_block(self, live: FlatWeights, incoming: FlatBuffer) -> bool:
+        """Copy ``incoming`` into this worker's private flat buffer: one memcpy for the model."""
+        if self._own is None or self._own.layout != incoming.layout:
+            if not can_alias(live.tensors, incoming):
+                return False
+            self._own = FlatBuffer(incoming.layout, extra_keys=incoming.extra_keys, shared=False)
+            alias_into(live.tensors, self._own)
+        if not is_aliased(live.tensors, self._own):
+            return False
+        with torch.no_grad():
+            self._own.tensor_region.copy_(incoming.tensor_region)
+        return True

@@ -1,0 +1,215 @@
+"""One contiguous buffer for a whole model: the unit every transport moves.
+
+Sending a model tensor by tensor costs a message (or a kernel launch) per tensor; sending it as
+one block costs one memcpy. :class:`FlatLayout` computes, once per model, where each tensor lives
+in a single byte buffer (64-byte aligned, any mix of dtypes), followed by a small region for the
+pickled extra states. :class:`FlatBuffer` is such a buffer: it can be written from
+:class:`~weightsync.strategy.FlatWeights`, read back as views (no copy), and pickled to another
+process, in which case only its shared-memory handle travels.
+
+Binding a model to a buffer (:func:`alias_into`) re-points the model's tensors into it, keeping
+their ``nn.Parameter`` objects, so that later copies of the whole model are one ``copy_`` call.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from weightsync.strategy import FlatWeights, weight_mismatches
+
+_ALIGN = 64
+_LENGTH_BYTES = 8  # int64 length prefix of the extra-state region
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """Where one tensor lives inside a flat buffer."""
+
+    key: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """The placement of a model's tensors (and extra-state bytes) in one byte buffer."""
+
+    slots: tuple[TensorSlot, ...]
+    tensor_bytes: int
+    extra_capacity: int
+
+    @classmethod
+    def for_weights(cls, weights: FlatWeights) -> FlatLayout:
+        """Lay out ``weights``; the extra-state region gets room for twice today's states."""
+        slots, offset = [], 0
+        for key, tensor in weights.tensors.items():
+            nbytes = tensor.numel() * tensor.element_size()
+            slots.append(TensorSlot(key, tensor.dtype, tuple(tensor.shape), offset, nbytes))
+            offset = _align(offset + nbytes)
+        extra_capacity = 0
+        if weights.extra:
+            extra_capacity = _align(2 * len(pickle.dumps(weights.extra)) + 4096)
+        return cls(tuple(slots), offset, extra_capacity)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.tensor_bytes + (
+            _LENGTH_BYTES + self.extra_capacity if self.extra_capacity else 0
+        )
+
+    @property
+    def keys(self) -> list[str]:
+        return [slot.key for slot in self.slots]
+
+    def as_meta_weights(self, extra_keys: list[str]) -> FlatWeights:
+        """Shape-and-dtype-only stand-ins, to validate a model against this layout."""
+        tensors = {s.key: torch.empty(s.shape, dtype=s.dtype, device="meta") for s in self.slots}
+        return FlatWeights(tensors, dict.fromkeys(extra_keys))
+
+    def mismatches(self, weights: FlatWeights, extra_keys: list[str]) -> list[str]:
+        """Problems (one line per key) if ``weights`` does not fit this layout."""
+        return weight_mismatches(self.as_meta_weights(extra_keys), weights)
+
+    def allocate(self, *, shared: bool, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A zeroed byte buffer for this layout, in shared memory when ``shared``."""
+        data = torch.zeros(max(self.total_bytes, 1), dtype=torch.uint8, device=device)
+        return data.share_memory_() if shared else data
+
+
+class FlatBuffer:
+    """A byte buffer holding one model's weights in a :class:`FlatLayout`.
+
+    Pickling it through ``torch.multiprocessing`` sends the storage handle, never the bytes.
+    """
+
+    def __init__(
+        self,
+        layout: FlatLayout,
+        data: torch.Tensor | None = None,
+        *,
+        extra_keys: list[str] | None = None,
+        shared: bool = True,
+    ):
+        self.layout = layout
+        self.extra_keys = list(extra_keys or [])
+        self.data = layout.allocate(shared=shared) if data is None else data
+        self._views: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def for_weights(cls, weights: FlatWeights, *, shared: bool = True) -> FlatBuffer:
+        return cls(FlatLayout.for_weights(weights), extra_keys=list(weights.extra), shared=shared)
+
+    def __reduce__(self):
+        return (_rebuild_flat_buffer, (self.layout, self.data, self.extra_keys))
+
+    @property
+    def tensor_region(self) -> torch.Tensor:
+        """The bytes of all tensors (the extra-state region excluded)."""
+        return self.data[: self.layout.tensor_bytes]
+
+    def views(self) -> dict[str, torch.Tensor]:
+        """Each tensor as a view into the buffer (built once, then cached)."""
+        if self._views is None:
+            views = {}
+            for slot in self.layout.slots:
+                raw = self.data[slot.offset : slot.offset + slot.nbytes]
+                views[slot.key] = raw.view(slot.dtype).view(slot.shape)
+            self._views = views
+        return self._views
+
+    def read(self) -> FlatWeights:
+        """The weights held by the buffer: views (no copy) plus the unpickled extra states."""
+        return FlatWeights(self.views(), self.read_extra())
+
+    def mismatches(self, weights: FlatWeights) -> list[str]:
+        """Problems if ``weights`` cannot be written into this buffer (empty list if it can)."""
+        return self.layout.mismatches(weights, self.extra_keys)
+
+    def write(self, weights: FlatWeights) -> int:
+        """Copy ``weights`` in (validated by the caller); returns the tensor bytes copied.
+
+        Tensors already living in this buffer (a bound source model) are not copied again.
+        """
+        copied = 0
+        with torch.no_grad():
+            for key, view in self.views().items():
+                src = weights.tensors[key]
+                if src.data_ptr() != view.data_ptr():
+                    view.copy_(src)
+                    copied += view.numel() * view.element_size()
+        self.write_extra(weights.extra)
+        return copied
+
+    def copy_from(self, other: FlatBuffer) -> None:
+        """Copy another buffer of the same layout in one block."""
+        self.data.copy_(other.data)
+
+    def write_extra(self, extra: Mapping[str, Any]) -> None:
+        cap = self.layout.extra_capacity
+        if not cap:
+            return
+        blob = pickle.dumps(dict(extra))
+        if len(blob) > cap:
+            raise ValueError(
+                f"the modules' extra state grew to {len(blob)} bytes, more than the {cap} bytes "
+                "reserved when the model was first registered; re-create the scheme so its "
+                "buffers are laid out for the larger state"
+            )
+        start = self.layout.tensor_bytes
+        region = self.data[start + _LENGTH_BYTES : start + _LENGTH_BYTES + len(blob)]
+        region.copy_(torch.frombuffer(bytearray(blob), dtype=torch.uint8))
+        self.data[start : start + _LENGTH_BYTES].view(torch.int64)[0] = len(blob)
+
+    def read_extra(self) -> dict[str, Any]:
+        if not self.layout.extra_capacity:
+            return {}
+        start = self.layout.tensor_bytes
+        length = int(self.data[start : start + _LENGTH_BYTES].view(torch.int64)[0])
+        if length == 0:
+            return {}
+        blob = self.data[start + _LENGTH_BYTES : start + _LENGTH_BYTES + length]
+        return pickle.loads(blob.numpy().tobytes())
+
+
+def _rebuild_flat_buffer(
+    layout: FlatLayout, data: torch.Tensor, extra_keys: list[str]
+) -> FlatBuffer:
+    return FlatBuffer(layout, data, extra_keys=extra_keys)
+
+
+def alias_into(live: Mapping[str, torch.Tensor], buffer: FlatBuffer, *, copy: bool = True) -> None:
+    """Re-point each live tensor's ``.data`` at its view in ``buffer`` (values copied first).
+
+    The tensor objects (``nn.Parameter`` included) stay the same, so optimizers and hooks that
+    hold them keep working; afterwards the whole model is one contiguous block.
+    """
+    with torch.no_grad():
+        for key, view in buffer.views().items():
+            tensor = live[key]
+            if copy:
+                view.copy_(tensor)
+            tensor.data = view
+
+
+def is_aliased(live: Mapping[str, torch.Tensor], buffer: FlatBuffer) -> bool:
+    """Whether every live tensor still lives at its place in ``buffer``."""
+    return all(live[k].data_ptr() == v.data_ptr() for k, v in buffer.views().items())
+
+
+def can_alias(live: Mapping[str, torch.Tensor], buffer: FlatBuffer) -> bool:
+    """Whether the live tensors may be bound to ``buffer`` (same device, dense layout)."""
+    device = buffer.data.device
+    return all(
+        t.device == device and t.layout == torch.strided and not t.is_sparse for t in live.values()
+    )

@@ -1,0 +1,339 @@
+"""Weights over a multiprocessing pipe, with acknowledgements and time-outs.
+
+Every message is an envelope ``(kind, model_id, version, payload)``. The trainer sends
+``"weights"`` and waits for ``"ack"`` (applied) or ``"error"`` (refused, with the reason).
+Tensors in the payload are pickled by ``torch.multiprocessing``, so a tensor in shared
+memory crosses as a handle, not as bytes; the pipe scheme uses this to send one flat staging
+buffer once and tiny "apply version N" messages after that.
+
+Every wait has a time-out, and an error names the peer, the model and the version: a dead peer
+(end of file on the pipe) is a :class:`~weightsync.errors.PeerDiedError` at once, a silent one a
+:class:`~weightsync.errors.SyncTimeoutError` after ``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch.multiprocessing  # noqa: F401  (registers the tensor reductions used by pickling)
+
+from weightsync.errors import (
+    PeerDiedError,
+    SyncTimeoutError,
+    WeightSyncError,
+    WorkerRejectedError,
+)
+from weightsync.flat import FlatBuffer
+from weightsync.strategy import FlatWeights
+from weightsync.transports.base import Update
+
+WEIGHTS, ACK, ERROR, CLOSE = "weights", "ack", "error", "close"
+
+
+class MPTransport:
+    """One end of a trainer-worker pipe.
+
+    Args:
+        pipe_connection: a ``multiprocessing`` ``Connection`` (one end of ``mp.Pipe()``).
+        timeout: seconds to wait for the peer's answer before raising SyncTimeoutError.
+        worker_id: on the trainer side, the index of the worker at the other end (errors name
+            it); None on the worker side, where the peer is the trainer.
+
+    Example (one process, both ends):
+        >>> import torch.multiprocessing as mp
+        >>> trainer_end, worker_end = mp.Pipe()
+        >>> trainer, worker = MPTransport(trainer_end, worker_id=0), MPTransport(worker_end)
+        >>> trainer.send_weights_async("policy", {"w": 1})
+        >>> worker.receive_weights(timeout=1.0)
+        ('policy', {'w': 1})
+        >>> worker.send_ack()
+        >>> trainer.wait_ack()
+    """
+
+    def __init__(
+        self, pipe_connection: Connection, timeout: float = 10.0, worker_id: int | None = None
+    ):
+        self.pipe = pipe_connection
+        self.timeout = timeout
+        self.worker_id = worker_id
+        self.peer = "the trainer" if worker_id is None else f"worker {worker_id}"
+        self.closed = False
+        self._next_version = 0
+        self._awaiting: tuple[str, int] | None = None  # (model_id, version) sent, not yet acked
+        self.last_received: tuple[str, int] | None = None  # (model_id, version) on the worker
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(peer={self.peer!r}, timeout={self.timeout})"
+
+    # ----------------------------------------------------------------------------- trainer side
+    def send_weights(self, model_id: str, weights: Any) -> None:
+        """Send ``weights`` and block until the worker acknowledges them."""
+        self.send_weights_async(model_id, weights)
+        self.wait_ack()
+
+    def send_weights_async(self, model_id: str, weights: Any, version: int | None = None) -> None:
+        """Send ``weights`` without waiting; pair with :meth:`wait_ack`."""
+        if self._awaiting is not None:
+            raise RuntimeError(
+                f"{self.peer} has not acknowledged version {self._awaiting[1]} of model "
+                f"{self._awaiting[0]!r} yet; call wait_ack() before sending again"
+            )
+        if version is None:
+            version = self._next_version = self._next_version + 1
+        self._send((WEIGHTS, model_id, version, weights), model_id, version)
+        self._awaiting = (model_id, version)
+
+    def wait_ack(self, timeout: float | None = None) -> None:
+        """Block until the pending send is acknowledged.
+
+        Raises SyncTimeoutError, PeerDiedError, or WorkerRejectedError when the worker refused the
+        weights (its reason attached; it keeps its previous weights).
+        """
+        if self._awaiting is None:
+            raise RuntimeError("wait_ack() called with no send pending")
+        model_id, version = self._awaiting
+        try:
+            while True:
+                kind, got_model, got_version, payload = self._recv(
+                    timeout, f"acknowledge version {version} of model {model_id!r}"
+                )
+                if (got_model, got_version) != (model_id, version):
+                    continue  # a late answer to an update that already timed out
+                if kind == ERROR:
+                    raise WorkerRejectedError(model_id, version, {self.worker_id or 0: payload})
+                return
+        finally:
+            self._awaiting = None
+
+    def check_ack(self, message: str = "updated") -> None:
+        """Legacy: wait for an acknowledgement carrying ``message``."""
+        kind, model_id, version, payload = self._recv(None, f"acknowledge with {message!r}")
+        if kind != ACK or payload != message:
+            raise RuntimeError(
+                f"expected acknowledgement {message!r} from {self.peer}, got {kind} {payload!r} "
+                f"for version {version} of model {model_id!r}"
+            )
+
+    def close(self) -> None:
+        """Tell the peer no more weights will come, then close this end."""
+        if not self.closed:
+            with contextlib.suppress(OSError, EOFError):  # the peer may be gone already
+                self.pipe.send((CLOSE, "", 0, None))
+            self.pipe.close()
+            self.closed = True
+
+    # ------------------------------------------------------------------------------ worker side
+    def receive_weights(self, timeout: float = 1.0) -> tuple[str, Any] | None:
+        """Return ``(model_id, weights)`` if a message arrives within ``timeout`` s, else None.
+
+        Returns None (and sets ``closed``) when the trainer closed the connection cleanly;
+        raises PeerDiedError if the trainer vanished without closing.
+        """
+        if self.closed:
+            return None
+        if not self.pipe.poll(timeout):
+            return None
+        kind, model_id, version, payload = self._recv(0, "send weights")
+        if kind == CLOSE:
+            self.closed = True
+            return None
+        self.last_received = (model_id, version)
+        return model_id, payload
+
+    def send_ack(self, message: str = "updated") -> None:
+        """Acknowledge the last received weights."""
+        model_id, version = self.last_received or ("", 0)
+        self._send((ACK, model_id, version, message), model_id, version)
+
+    def send_error(self, reason: str) -> None:
+        """Refuse the last received weights, telling the trainer why."""
+        model_id, version = self.last_received or ("", 0)
+        self._send((ERROR, model_id, version, reason), model_id, version)
+
+    # ------------------------------------------------------------------------------------ both
+    def check_connection(self) -> bool:
+        """True while the peer's end is open; end of file on the pipe means it is gone."""
+        if self.closed:
+            return False
+        try:
+            if not self.pipe.poll(0):
+                return True  # nothing to read: open and quiet
+            return not self._peer_closed()
+        except (OSError, EOFError):
+            return False
+
+    def _peer_closed(self) -> bool:
+        """Peek (without consuming a message) whether the readable pipe is at end of file."""
+        try:
+            sock = socket.socket(fileno=self.pipe.fileno())
+        except OSError:
+            return False  # a one-way os.pipe: cannot peek; a pending message means it is alive
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except OSError:
+            return False
+        finally:
+            sock.detach()
+
+    def _send(self, message: tuple, model_id: str, version: int) -> None:
+        try:
+            self.pipe.send(message)
+        except (OSError, EOFError, BrokenPipeError) as err:
+            raise PeerDiedError(
+                f"cannot reach {self.peer}: its pipe is closed (process died?) while sending "
+                f"version {version} of model {model_id!r}"
+            ) from err
+
+    def _recv(self, timeout: float | None, doing: str) -> tuple[str, str, int, Any]:
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            message = self.pipe.recv() if self.pipe.poll(timeout) else None
+        except (EOFError, OSError) as err:
+            raise PeerDiedError(
+                f"{self.peer} closed its pipe (process died?) before it could {doing}"
+            ) from err
+        if message is None:
+            raise SyncTimeoutError(
+                f"{self.peer} did not {doing} within {timeout:g} s; it may be stuck or "
+                "overloaded (raise the timeout if it is just slow)"
+            )
+        return message
+
+
+class _Staged:
+    """Payload of a pipe update: the staging buffer itself the first time, then nothing."""
+
+    def __init__(self, buffer: FlatBuffer | None):
+        self.buffer = buffer
+
+
+class PipeBroadcast:
+    """Trainer side of the pipe scheme: one pipe per worker, one shared staging buffer.
+
+    An update writes the weights into the staging buffer (nothing, if the trainer's model is
+    bound to it) and sends each chosen worker a few-byte "apply version N" message; every worker
+    copies the staging buffer into its own model in parallel and acknowledges. The staging
+    buffer's handle crosses each pipe once. The trainer must not change its weights until the
+    update is acknowledged (``finish``), which :class:`~weightsync.WeightSender` guarantees for
+    ``send`` and documents for ``send_async``.
+    """
+
+    def __init__(self, pipes: list[Connection], timeout: float = 10.0):
+        self.links = [MPTransport(p, timeout, worker_id=i) for i, p in enumerate(pipes)]
+        self.timeout = timeout
+        self.staging: FlatBuffer | None = None
+        self.acked_versions: dict[int, int | None] = dict.fromkeys(range(len(pipes)))
+        self._has_staging: set[int] = set()
+        self._in_flight: tuple[str, int, list[int]] | None = None
+
+    def staging_for(self, weights: FlatWeights) -> FlatBuffer:
+        """The staging buffer, re-created (and re-sent to workers) if the layout changed."""
+        if self.staging is None or self.staging.mismatches(weights):
+            self.staging = FlatBuffer.for_weights(weights, shared=True)
+            self._has_staging.clear()
+        return self.staging
+
+    def source_buffer(self, weights: FlatWeights) -> FlatBuffer:
+        """Where the trainer may keep its model: the staging buffer itself (then sends copy
+        nothing on the trainer side; workers read it only while an update is in flight)."""
+        return self.staging_for(weights)
+
+    def start(
+        self,
+        model_id: str,
+        version: int,
+        weights: FlatWeights,
+        worker_ids: list[int] | None,
+        *,
+        source: FlatBuffer | None = None,
+    ) -> None:
+        """Stage ``weights`` and tell each chosen worker to apply them (``source`` is unused:
+        tensors already in the staging buffer are skipped anyway)."""
+        targets = list(range(len(self.links))) if worker_ids is None else list(worker_ids)
+        unknown = [w for w in targets if not 0 <= w < len(self.links)]
+        if unknown:
+            raise ValueError(
+                f"unknown worker id(s) {unknown}: this scheme has workers 0..{len(self.links) - 1}"
+            )
+        staging = self.staging_for(weights)
+        staging.write(weights)
+        for w in targets:
+            payload = _Staged(None if w in self._has_staging else staging)
+            self.links[w].send_weights_async(model_id, payload, version)
+        self._in_flight = (model_id, version, targets)
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Wait for every worker of the update in flight; raise naming those that failed."""
+        if self._in_flight is None:
+            return
+        model_id, version, targets = self._in_flight
+        self._in_flight = None
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        rejections: dict[int, str] = {}
+        failures: list[WeightSyncError] = []
+        for w in targets:
+            try:
+                self.links[w].wait_ack(max(0.0, deadline - time.monotonic()))
+            except WorkerRejectedError as err:
+                rejections.update(err.rejections)
+                self._has_staging.add(w)  # it received the handle, only refused the layout
+                continue
+            except (SyncTimeoutError, PeerDiedError) as err:
+                self.acked_versions[w] = None  # unknown: it may hold a partial copy
+                self._has_staging.discard(w)
+                failures.append(err)
+                continue
+            self._has_staging.add(w)
+            self.acked_versions[w] = version
+        if failures:
+            raise type(failures[0])("; ".join(str(f) for f in failures))
+        if rejections:
+            raise WorkerRejectedError(model_id, version, rejections)
+
+    def check_connection(self) -> bool:
+        return all(link.check_connection() for link in self.links)
+
+    def close(self) -> None:
+        for link in self.links:
+            link.close()
+
+
+class PipeReader:
+    """Worker side of the pipe scheme: turns "apply version N" messages into updates."""
+
+    def __init__(self, pipe: Connection, timeout: float = 10.0):
+        self.link = MPTransport(pipe, timeout)
+        self.staging: FlatBuffer | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.link.closed
+
+    def poll(self, timeout: float) -> Update | None:
+        got = self.link.receive_weights(timeout)
+        if got is None:
+            return None
+        model_id, payload = got
+        version = self.link.last_received[1]
+        if not isinstance(payload, _Staged):
+            self.link.send_error(
+                f"expected a staged update, got a {type(payload).__name__}; are both ends using "
+                "the pipe scheme?"
+            )
+            return None
+        if payload.buffer is not None:
+            self.staging = payload.buffer
+        return Update(model_id, version, self.staging, zero_copy=False)
+
+    def acknowledge(self, update: Update) -> None:
+        self.link.send_ack()
+
+    def reject(self, update: Update, reason: str) -> None:
+        self.link.send_error(reason)
+
+    def close(self) -> None:
+        self.link.pipe.close()

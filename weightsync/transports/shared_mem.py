@@ -1,0 +1,425 @@
+"""Weights published as immutable snapshots in shared memory.
+
+The trainer never shares its live parameters (an optimizer step must not reach workers unasked).
+Instead each model gets a :class:`SnapshotRing`: a few flat buffers in shared memory plus a small
+shared control block. A send copies the weights into a buffer no worker is reading (one memcpy,
+which may overlap the trainer's next forward/backward), then publishes it with one 8-byte store
+of ``(version, buffer index)``. A worker adopts the newest snapshot by pointing its parameters at
+it (no copy at all) and records in its own control slot which snapshot it holds, so the trainer
+never writes into a buffer in use: a worker sees version N complete or keeps N-1, never a mix.
+
+The buffers' handles cross the worker's pipe once, at registration. Memory is shared with torch's
+file-descriptor strategy, which leaves no named ``/dev/shm`` entry behind even after ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from weightsync.errors import (
+    PeerDiedError,
+    SyncTimeoutError,
+    WeightMismatchError,
+    WorkerRejectedError,
+)
+from weightsync.flat import FlatBuffer, FlatLayout
+from weightsync.strategy import FlatWeights, flatten_weights
+from weightsync.transports.base import Update
+from weightsync.transports.pipe import MPTransport
+
+_INDEX_BITS = 6  # up to 64 buffers per ring
+_INDEX_MASK = (1 << _INDEX_BITS) - 1
+_NONE = -1
+
+
+def _word(version: int, index: int) -> int:
+    return (version << _INDEX_BITS) | index
+
+
+class SnapshotRing:
+    """A model's shared snapshot buffers and their publication state.
+
+    ``control[0]`` holds the published ``(version, index)`` word; ``control[1 + r]`` the word of
+    the snapshot reader ``r`` currently holds (a hazard pointer). Both are single aligned int64
+    stores, so readers never see them half-written.
+    """
+
+    def __init__(self, buffers: list[FlatBuffer], control: torch.Tensor):
+        self.buffers = buffers
+        self.control = control
+        self._fence = threading.Lock()
+
+    @classmethod
+    def create(cls, weights: FlatWeights, *, num_readers: int, num_buffers: int) -> SnapshotRing:
+        if not 2 <= num_buffers <= _INDEX_MASK + 1:
+            raise ValueError(f"num_buffers must be in [2, {_INDEX_MASK + 1}], got {num_buffers}")
+        layout = FlatLayout.for_weights(weights)
+        extra_keys = list(weights.extra)
+        buffers = [FlatBuffer(layout, extra_keys=extra_keys) for _ in range(num_buffers)]
+        control = torch.full((1 + num_readers,), _NONE, dtype=torch.int64).share_memory_()
+        return cls(buffers, control)
+
+    def __reduce__(self):
+        return (SnapshotRing, (self.buffers, self.control))
+
+    @property
+    def num_readers(self) -> int:
+        return self.control.numel() - 1
+
+    @property
+    def published_version(self) -> int:
+        word = int(self.control[0])
+        return _NONE if word == _NONE else word >> _INDEX_BITS
+
+    def reader_versions(self) -> list[int | None]:
+        """The version each reader holds (None: has adopted none yet)."""
+        return [None if w == _NONE else w >> _INDEX_BITS for w in self.control[1:].tolist()]
+
+    # ------------------------------------------------------------------------------ trainer side
+    def free_index(self, *, exclude: int | None = None) -> int | None:
+        """A buffer that is neither published nor held by any reader, or None."""
+        words = self.control.tolist()
+        busy = {w & _INDEX_MASK for w in words if w != _NONE}
+        if exclude is not None:
+            busy.add(exclude)
+        return next((i for i in range(len(self.buffers)) if i not in busy), None)
+
+    def publish(self, index: int, version: int) -> None:
+        self.control[0] = _word(version, index)
+
+    def release_reader(self, reader: int) -> None:
+        """Forget what a dead reader held, so its buffer can be reused."""
+        self.control[1 + reader] = _NONE
+
+    # ------------------------------------------------------------------------------- worker side
+    def acquire(self, reader: int, newer_than: int) -> tuple[int, int] | None:
+        """Hold the published snapshot if it is newer than ``newer_than``: ``(version, index)``.
+
+        Hazard-pointer protocol: record the word in our slot, then re-read the published word. If
+        it is unchanged, the trainer (which picks buffers only after publishing) will see our slot
+        before it reuses that buffer.
+        """
+        slot = 1 + reader
+        previous = int(self.control[slot])
+        for _ in range(1000):
+            word = int(self.control[0])
+            if word == _NONE or word >> _INDEX_BITS <= newer_than:
+                break
+            self.control[slot] = word
+            with self._fence:  # a full memory barrier between our store and the next load
+                pass
+            if int(self.control[0]) == word:
+                return word >> _INDEX_BITS, word & _INDEX_MASK
+        self.control[slot] = previous
+        return None
+
+    def hold(self, reader: int, version: int, index: int) -> None:
+        """Record (or restore) the snapshot this reader holds."""
+        self.control[1 + reader] = _word(version, index) if version >= 0 else _NONE
+
+
+class _Registration:
+    """What a worker receives over its pipe once per model: the ring and its reader index."""
+
+    def __init__(self, ring: SnapshotRing, reader: int):
+        self.ring = ring
+        self.reader = reader
+
+
+class SharedMemTransport:
+    """Trainer side of the shared-memory transport: publishes snapshots to all workers.
+
+    Args:
+        policy_weights: optional ``{model_id: weights}`` registered on the first send.
+        auto_register: create a model's shared buffers on its first send when it was not
+            registered with :meth:`register_weights`.
+        num_buffers: snapshot buffers per model; default ``num_workers + 2``, which guarantees a
+            free buffer even if every worker holds a different old snapshot. Fewer saves memory
+            but a send may then wait for a lagging worker (up to ``timeout``).
+        timeout: seconds to wait for workers during registration, or for a free buffer.
+    """
+
+    def __init__(
+        self,
+        policy_weights: dict[str, Any] | None = None,
+        auto_register: bool = True,
+        *,
+        num_buffers: int | None = None,
+        timeout: float = 10.0,
+    ):
+        self.auto_register = auto_register
+        self.num_buffers = num_buffers
+        self.timeout = timeout
+        self.links: list[MPTransport] = []
+        self.rings: dict[str, SnapshotRing] = {}
+        self._registered: dict[str, set[int]] = {}
+        self._initial = dict(policy_weights or {})
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def register_pipe(self, pipe: Connection) -> None:
+        """Add a worker; its index is the order of registration."""
+        self.links.append(MPTransport(pipe, self.timeout, worker_id=len(self.links)))
+
+    def register_weights(self, model_id: str, weights: Any) -> None:
+        """Create ``model_id``'s shared buffers, publish ``weights`` as version 0 and hand the
+        buffers to every registered worker (blocking until each has validated and adopted them).
+        """
+        if model_id in self.rings:
+            raise RuntimeError(f"model {model_id!r} is already registered with this transport")
+        flat = flatten_weights(weights)
+        ring = SnapshotRing.create(
+            flat,
+            num_readers=len(self.links),
+            num_buffers=self.num_buffers or len(self.links) + 2,
+        )
+        ring.buffers[0].write(flat)
+        ring.publish(0, 0)
+        self.rings[model_id] = ring
+        self._registered[model_id] = set()
+        self._hand_out(model_id)
+
+    @property
+    def acked_versions(self) -> dict[int, int | None]:
+        """Per worker, the version of the first model it holds (None: nothing yet)."""
+        if not self.rings:
+            return dict.fromkeys(range(len(self.links)))
+        ring = next(iter(self.rings.values()))
+        return dict(enumerate(ring.reader_versions()))
+
+    def source_buffer(self, weights: FlatWeights) -> FlatBuffer:
+        """A private flat buffer the trainer may keep its model in, so that each snapshot is
+        one block copy instead of one copy per tensor."""
+        return FlatBuffer.for_weights(weights, shared=False)
+
+    def send_weights(self, model_id: str, weights: Any) -> None:
+        """Publish ``weights`` as the next version (blocking until the snapshot is written)."""
+        ring = self.rings.get(model_id)
+        version = 1 if ring is None else ring.published_version + 1
+        self.start(model_id, version, flatten_weights(weights))
+        self.finish()
+
+    def start(
+        self,
+        model_id: str,
+        version: int,
+        weights: FlatWeights,
+        worker_ids: list[int] | None = None,
+        *,
+        source: FlatBuffer | None = None,
+    ) -> None:
+        """Begin publishing: pick a free buffer now, copy and publish in the background.
+
+        ``source``, when given, is a flat buffer the weights already live in (a bound trainer
+        model): the snapshot is then one block copy.
+        """
+        if worker_ids is not None and sorted(worker_ids) != list(range(len(self.links))):
+            raise ValueError(
+                "shared-mem publishes one snapshot that every worker reads; worker_ids cannot "
+                f"select a subset (got {worker_ids}). Use the pipe scheme to update chosen workers."
+            )
+        self._raise_for_dead_workers(model_id, version)
+        if model_id not in self.rings:
+            weights_0 = self._initial.pop(model_id, None)
+            if not self.auto_register and weights_0 is None:
+                raise RuntimeError(
+                    f"model {model_id!r} is not registered; call register_weights() first or "
+                    "build the transport with auto_register=True"
+                )
+            self.register_weights(model_id, weights if weights_0 is None else weights_0)
+        self._hand_out(model_id)
+        ring = self.rings[model_id]
+        buffer_problems = ring.buffers[0].mismatches(weights)
+        if buffer_problems:
+            raise WeightMismatchError(
+                model_id, ["(vs. the registered model) " + p for p in buffer_problems]
+            )
+        index = self._wait_for_free_buffer(model_id, ring, version)
+        self._executor = self._executor or ThreadPoolExecutor(1, thread_name_prefix="weightsync")
+        self._pending = self._executor.submit(
+            self._write_and_publish, ring, index, version, weights, source
+        )
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Block until the snapshot started by :meth:`start` is published."""
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending, None
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            pending.result(timeout)
+        except TimeoutError as err:
+            raise SyncTimeoutError(
+                f"writing a shared-memory snapshot did not finish within {timeout:g} s"
+            ) from err
+
+    @staticmethod
+    def _write_and_publish(
+        ring: SnapshotRing,
+        index: int,
+        version: int,
+        weights: FlatWeights,
+        source: FlatBuffer | None,
+    ) -> None:
+        target = ring.buffers[index]
+        if source is not None and source.layout.slots == target.layout.slots:
+            target.tensor_region.copy_(source.tensor_region)
+            target.write_extra(weights.extra)
+        else:
+            target.write(weights)
+        ring.publish(index, version)
+
+    def _wait_for_free_buffer(self, model_id: str, ring: SnapshotRing, version: int) -> int:
+        deadline = time.monotonic() + self.timeout
+        while (index := ring.free_index()) is None:
+            if time.monotonic() > deadline:
+                raise SyncTimeoutError(
+                    f"no free snapshot buffer for version {version} of model {model_id!r} within "
+                    f"{self.timeout:g} s: workers hold versions {ring.reader_versions()} and have "
+                    "not picked up newer ones. Call receive() more often in the workers, or "
+                    "build the scheme with more buffers (num_buffers=num_workers + 2)."
+                )
+            time.sleep(0.0005)
+        return index
+
+    def _hand_out(self, model_id: str) -> None:
+        """Send the model's ring to every worker that lacks it; wait for them to adopt it."""
+        ring = self.rings[model_id]
+        registered = self._registered[model_id]
+        newcomers = [link for link in self.links if link.worker_id not in registered]
+        if not newcomers:
+            return
+        if any(link.worker_id >= ring.num_readers for link in newcomers):
+            raise RuntimeError(
+                f"a worker pipe was registered after model {model_id!r}'s shared buffers were "
+                "created; register every pipe before the first send"
+            )
+        version = max(ring.published_version, 0)
+        for link in newcomers:
+            link.send_weights_async(model_id, _Registration(ring, link.worker_id), version)
+        rejections = {}
+        for link in newcomers:
+            try:
+                link.wait_ack()
+                registered.add(link.worker_id)
+            except WorkerRejectedError as err:
+                rejections.update(err.rejections)
+        if rejections:
+            raise WorkerRejectedError(model_id, version, rejections)
+
+    def _raise_for_dead_workers(self, model_id: str, version: int) -> None:
+        dead = [link.worker_id for link in self.links if not link.check_connection()]
+        if dead:
+            for ring in self.rings.values():
+                for worker in dead:
+                    ring.release_reader(worker)
+            raise PeerDiedError(
+                f"worker(s) {dead} are gone (their pipes are closed) before version {version} of "
+                f"model {model_id!r} was published; restart them or go on without them"
+            )
+
+    def receive_weights(self, timeout: float = 1.0) -> None:
+        """Nothing to wait for on the trainer side: workers read the published snapshot."""
+        return None
+
+    def check_connection(self) -> bool:
+        return all(link.check_connection() for link in self.links)
+
+    def close(self) -> None:
+        """Finish any pending publication, tell workers to stop, drop the shared buffers."""
+        if self._pending is not None:
+            with contextlib.suppress(Exception):  # closing must not raise over an earlier error
+                self.finish()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        for link in self.links:
+            link.close()
+        self.rings.clear()
+
+
+class SharedMemReader:
+    """Worker side of the shared-memory transport: adopts the newest published snapshot."""
+
+    #: How often (seconds) a polling worker checks whether the trainer is still there.
+    LIVENESS_PERIOD_S = 0.2
+
+    def __init__(self, pipe: Connection, timeout: float = 10.0):
+        self.link = MPTransport(pipe, timeout)
+        self.ring: SnapshotRing | None = None
+        self.reader = 0
+        self.model_id = ""
+        self.held: tuple[int, int] = (_NONE, 0)  # (version, index) adopted by the receiver
+        self._pending_registration = False
+        self._next_liveness_check = 0.0
+
+    @property
+    def closed(self) -> bool:
+        return self.link.closed
+
+    def poll(self, timeout: float) -> Update | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            update = self._poll_once(max(0.0, deadline - time.monotonic()))
+            if update is not None or time.monotonic() >= deadline or self.closed:
+                return update
+            time.sleep(min(0.0005, max(0.0, deadline - time.monotonic())))
+
+    def _poll_once(self, timeout: float) -> Update | None:
+        if self.ring is None:
+            return self._await_registration(timeout)
+        now = time.monotonic()
+        if now >= self._next_liveness_check:
+            self._next_liveness_check = now + self.LIVENESS_PERIOD_S
+            if self.link.pipe.poll(0):
+                self.link.receive_weights(0)  # CLOSE sets closed; EOF raises PeerDiedError
+                if self.closed:
+                    return None
+        acquired = self.ring.acquire(self.reader, newer_than=self.held[0])
+        if acquired is None:
+            return None
+        version, index = acquired
+        return Update(self.model_id, version, self.ring.buffers[index], zero_copy=True)
+
+    def _await_registration(self, timeout: float) -> Update | None:
+        got = self.link.receive_weights(timeout)
+        if got is None:
+            return None
+        model_id, registration = got
+        if not isinstance(registration, _Registration):
+            raise PeerDiedError(
+                f"expected the shared buffers of a model from the trainer, got a "
+                f"{type(registration).__name__}; are both ends using the shared-mem scheme?"
+            )
+        self.ring, self.reader, self.model_id = registration.ring, registration.reader, model_id
+        self._pending_registration = True
+        acquired = self.ring.acquire(self.reader, newer_than=_NONE)
+        if acquired is None:  # nothing published yet cannot happen: registration publishes
+            raise PeerDiedError(f"model {model_id!r} was registered without a published snapshot")
+        version, index = acquired
+        return Update(model_id, version, self.ring.buffers[index], zero_copy=True)
+
+    def acknowledge(self, update: Update) -> None:
+        self.held = (update.version, self.ring.buffers.index(update.buffer))
+        if self._pending_registration:
+            self._pending_registration = False
+            self.link.send_ack()
+
+    def reject(self, update: Update, reason: str) -> None:
+        self.ring.hold(self.reader, *self.held)
+        if self._pending_registration:
+            self._pending_registration = False
+            self.ring = None
+            self.link.send_error(reason)
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.hold(self.reader, _NONE, 0)
+        self.link.pipe.close()
