@@ -1,0 +1,73 @@
+"""Every scheme x strategy with real spawned workers: after each update every worker holds the
+trainer's weights exactly (``none``: its initial ones), parameters, buffers and extra state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.weightsync.models import make_model, perturb, state_of
+from tests.weightsync.workers import serve
+from weightsync import WeightSyncScheme
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+BACKENDS = ["none", "pipe", "shared-mem"]
+STRATEGIES = ["state_dict", "tensordict"]
+NUM_WORKERS = 2
+
+
+def _assert_same_state(got: dict, want: dict, who: str) -> None:
+    assert got.keys() == want.keys(), who
+    for key, value in want.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(got[key], value), f"{who}: {key} differs"
+        else:
+            assert got[key] == value, f"{who}: {key} differs"
+
+
+def start_workers(procs, scheme, num_workers=NUM_WORKERS):
+    trainer_ends, controls = [], []
+    for _ in range(num_workers):
+        trainer_end, worker_end = procs.pipe()
+        ctl_here, ctl_there = procs.pipe()
+        procs.start(serve, scheme, worker_end, ctl_there)
+        trainer_ends.append(trainer_end)
+        controls.append(ctl_here)
+    return trainer_ends, controls
+
+
+def ask(ctl, *command, timeout: float = 30.0):
+    ctl.send(command)
+    assert ctl.poll(timeout), f"worker did not answer {command[0]!r} within {timeout} s"
+    reply = ctl.recv()
+    assert reply[0] != "error", f"worker failed: {reply[1]}: {reply[2]}"
+    return reply
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_worker_holds_the_trainers_weights_after_each_update(procs, backend, strategy):
+    trainer_model = make_model(seed=0)
+    initial_worker_state = state_of(make_model(seed=1))
+    scheme = WeightSyncScheme.from_backend(backend, strategy=strategy)
+    pipes, controls = start_workers(procs, scheme)
+    scheme.init_on_sender("policy", model=trainer_model, pipes=pipes)
+    scheme.connect()
+    for step in range(1, 4):
+        perturb(trainer_model, step)
+        scheme.send()
+        want = initial_worker_state if backend == "none" else state_of(trainer_model)
+        version = 0 if backend == "none" else scheme.get_sender().version
+        for w, ctl in enumerate(controls):
+            _, held, state = ask(ctl, "sync", version, 10.0)
+            assert held == version
+            _assert_same_state(state, want, f"{backend}/{strategy} worker {w} step {step}")
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        expected = trainer_model(x) if backend != "none" else make_model(seed=1)(x)
+    for ctl in controls:
+        _, out = ask(ctl, "forward", x)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        ctl.send(("stop",))
+    scheme.shutdown()
