@@ -97,6 +97,11 @@ class WeightSender:
         if transport is not None:
             transport.finish(timeout)
 
+    def remove_workers(self, worker_ids: list[int]) -> None:
+        """Go on without these workers (e.g. the ``workers`` of a PeerDiedError)."""
+        if self._scheme._transport is not None:
+            self._scheme._transport.remove_workers(list(worker_ids))
+
     def update_weights(self, weights: Any) -> None:
         """Legacy: send ``weights`` to all workers (blocking)."""
         self.send(weights)

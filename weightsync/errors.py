@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class WeightSyncError(RuntimeError):
-    """Base class of every weightsync error."""
+    """Base class of every weightsync error.
+
+    ``workers`` lists the workers the error is about (empty when it is about none in particular),
+    so a training loop can drop them and go on with the survivors.
+    """
+
+    def __init__(self, message: str = "", *, workers: list[int] | None = None):
+        super().__init__(message)
+        self.workers: list[int] = list(workers or [])
 
 
 class WeightMismatchError(WeightSyncError, ValueError):
@@ -19,8 +27,8 @@ class WeightMismatchError(WeightSyncError, ValueError):
     """
 
     def __init__(self, model_id: str | None, problems: list[str]):
-        self.model_id = model_id
         self.problems = problems
+        self.model_id = model_id
         where = f"model {model_id!r}" if model_id is not None else "the destination"
         listing = "\n  ".join(problems)
         super().__init__(
@@ -47,14 +55,15 @@ class WorkerRejectedError(WeightSyncError):
     """A worker refused an update (its model did not fit); the worker keeps its old weights."""
 
     def __init__(self, model_id: str, version: int, rejections: dict[int, str]):
-        self.model_id = model_id
-        self.version = version
-        self.rejections = rejections
         lines = "\n".join(f"[worker {w}] {msg}" for w, msg in sorted(rejections.items()))
         super().__init__(
             f"version {version} of model {model_id!r} was refused by worker(s) "
-            f"{sorted(rejections)}; they keep their previous weights and stay usable:\n{lines}"
+            f"{sorted(rejections)}; they keep their previous weights and stay usable:\n{lines}",
+            workers=sorted(rejections),
         )
+        self.model_id = model_id
+        self.version = version
+        self.rejections = rejections
 
 
 class ModelPathError(WeightSyncError, LookupError):

@@ -185,7 +185,8 @@ class MPTransport:
         except (OSError, EOFError, BrokenPipeError) as err:
             raise PeerDiedError(
                 f"cannot reach {self.peer}: its pipe is closed (process died?) while sending "
-                f"version {version} of model {model_id!r}"
+                f"version {version} of model {model_id!r}",
+                workers=self._as_workers(),
             ) from err
 
     def _recv(self, timeout: float | None, doing: str) -> tuple[str, str, int, Any]:
@@ -194,14 +195,19 @@ class MPTransport:
             message = self.pipe.recv() if self.pipe.poll(timeout) else None
         except (EOFError, OSError) as err:
             raise PeerDiedError(
-                f"{self.peer} closed its pipe (process died?) before it could {doing}"
+                f"{self.peer} closed its pipe (process died?) before it could {doing}",
+                workers=self._as_workers(),
             ) from err
         if message is None:
             raise SyncTimeoutError(
                 f"{self.peer} did not {doing} within {timeout:g} s; it may be stuck or "
-                "overloaded (raise the timeout if it is just slow)"
+                "overloaded (raise the timeout if it is just slow)",
+                workers=self._as_workers(),
             )
         return message
+
+    def _as_workers(self) -> list[int]:
+        return [] if self.worker_id is None else [self.worker_id]
 
 
 class _Staged:
@@ -229,6 +235,14 @@ class PipeBroadcast:
         self.acked_versions: dict[int, int | None] = dict.fromkeys(range(len(pipes)))
         self._has_staging: set[int] = set()
         self._in_flight: tuple[str, int, list[int]] | None = None
+        self.removed: set[int] = set()
+
+    def remove_workers(self, worker_ids: list[int]) -> None:
+        """Stop sending to these workers (dead or retired); the others go on."""
+        for w in worker_ids:
+            self.removed.add(w)
+            self.acked_versions.pop(w, None)
+            self.links[w].close()
 
     def staging_for(self, weights: FlatWeights) -> FlatBuffer:
         """The staging buffer, re-created (and re-sent to workers) if the layout changed."""
@@ -253,11 +267,12 @@ class PipeBroadcast:
     ) -> None:
         """Stage ``weights`` and tell each chosen worker to apply them (``source`` is unused:
         tensors already in the staging buffer are skipped anyway)."""
-        targets = list(range(len(self.links))) if worker_ids is None else list(worker_ids)
-        unknown = [w for w in targets if not 0 <= w < len(self.links)]
+        live = [w for w in range(len(self.links)) if w not in self.removed]
+        targets = live if worker_ids is None else list(worker_ids)
+        unknown = [w for w in targets if w not in live]
         if unknown:
             raise ValueError(
-                f"unknown worker id(s) {unknown}: this scheme has workers 0..{len(self.links) - 1}"
+                f"unknown or removed worker id(s) {unknown}: the live workers are {live}"
             )
         staging = self.staging_for(weights)
         staging.write(weights)
@@ -290,12 +305,15 @@ class PipeBroadcast:
             self._has_staging.add(w)
             self.acked_versions[w] = version
         if failures:
-            raise type(failures[0])("; ".join(str(f) for f in failures))
+            workers = [w for f in failures for w in f.workers]
+            raise type(failures[0])("; ".join(str(f) for f in failures), workers=workers)
         if rejections:
             raise WorkerRejectedError(model_id, version, rejections)
 
     def check_connection(self) -> bool:
-        return all(link.check_connection() for link in self.links)
+        return all(
+            link.check_connection() for w, link in enumerate(self.links) if w not in self.removed
+        )
 
     def close(self) -> None:
         for link in self.links:

@@ -163,6 +163,18 @@ class SharedMemTransport:
         self._initial = dict(policy_weights or {})
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
+        self.removed: set[int] = set()
+
+    def remove_workers(self, worker_ids: list[int]) -> None:
+        """Stop serving these workers (dead or retired): free what they held, close their pipes."""
+        for w in worker_ids:
+            self.removed.add(w)
+            for ring in self.rings.values():
+                ring.release_reader(w)
+            self.links[w].close()
+
+    def _live_links(self) -> list[MPTransport]:
+        return [link for link in self.links if link.worker_id not in self.removed]
 
     def register_pipe(self, pipe: Connection) -> None:
         """Add a worker; its index is the order of registration."""
@@ -188,11 +200,12 @@ class SharedMemTransport:
 
     @property
     def acked_versions(self) -> dict[int, int | None]:
-        """Per worker, the version of the first model it holds (None: nothing yet)."""
+        """Per live worker, the version of the first model it holds (None: nothing yet)."""
+        live = [link.worker_id for link in self._live_links()]
         if not self.rings:
-            return dict.fromkeys(range(len(self.links)))
-        ring = next(iter(self.rings.values()))
-        return dict(enumerate(ring.reader_versions()))
+            return dict.fromkeys(live)
+        held = next(iter(self.rings.values())).reader_versions()
+        return {w: held[w] for w in live}
 
     def source_buffer(self, weights: FlatWeights) -> FlatBuffer:
         """A private flat buffer the trainer may keep its model in, so that each snapshot is
@@ -220,7 +233,9 @@ class SharedMemTransport:
         ``source``, when given, is a flat buffer the weights already live in (a bound trainer
         model): the snapshot is then one block copy.
         """
-        if worker_ids is not None and sorted(worker_ids) != list(range(len(self.links))):
+        if worker_ids is not None and sorted(worker_ids) != [
+            link.worker_id for link in self._live_links()
+        ]:
             raise ValueError(
                 "shared-mem publishes one snapshot that every worker reads; worker_ids cannot "
                 f"select a subset (got {worker_ids}). Use the pipe scheme to update chosen workers."
@@ -293,7 +308,7 @@ class SharedMemTransport:
         """Send the model's ring to every worker that lacks it; wait for them to adopt it."""
         ring = self.rings[model_id]
         registered = self._registered[model_id]
-        newcomers = [link for link in self.links if link.worker_id not in registered]
+        newcomers = [link for link in self._live_links() if link.worker_id not in registered]
         if not newcomers:
             return
         if any(link.worker_id >= ring.num_readers for link in newcomers):
@@ -315,14 +330,16 @@ class SharedMemTransport:
             raise WorkerRejectedError(model_id, version, rejections)
 
     def _raise_for_dead_workers(self, model_id: str, version: int) -> None:
-        dead = [link.worker_id for link in self.links if not link.check_connection()]
+        dead = [link.worker_id for link in self._live_links() if not link.check_connection()]
         if dead:
             for ring in self.rings.values():
                 for worker in dead:
                     ring.release_reader(worker)
             raise PeerDiedError(
                 f"worker(s) {dead} are gone (their pipes are closed) before version {version} of "
-                f"model {model_id!r} was published; restart them or go on without them"
+                f"model {model_id!r} was published; restart them, or call "
+                "sender.remove_workers() to go on without them",
+                workers=dead,
             )
 
     def receive_weights(self, timeout: float = 1.0) -> None:
@@ -330,7 +347,7 @@ class SharedMemTransport:
         return None
 
     def check_connection(self) -> bool:
-        return all(link.check_connection() for link in self.links)
+        return all(link.check_connection() for link in self._live_links())
 
     def close(self) -> None:
         """Finish any pending publication, tell workers to stop, drop the shared buffers."""
