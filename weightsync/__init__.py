@@ -18,6 +18,7 @@ from weightsync.errors import (
 from weightsync.group import ModelGroup
 from weightsync.paths import resolve_model_id
 from weightsync.schemes import (
+    DistributedWeightSyncScheme,
     MultiProcessWeightSyncScheme,
     NoWeightSyncScheme,
     SharedMemWeightSyncScheme,
@@ -27,6 +28,7 @@ from weightsync.strategy import WeightStrategy
 from weightsync.transports import MPTransport, SharedMemTransport, TransportBackend
 
 __all__ = [
+    "DistributedWeightSyncScheme",
     "MPTransport",
     "ModelGroup",
     "ModelPathError",

@@ -149,11 +149,14 @@ class WeightReceiver:
     def __init__(self, scheme: WeightSyncScheme):
         self._scheme = scheme
         self.version = 0
-        self._validated: FlatBuffer | None = None  # last incoming buffer checked against the model
+        self._applied_any = False
+        self._validated: tuple | None = None  # (layout, extra keys) checked against the model
         self._own: FlatBuffer | None = None  # this worker's private flat copy (copying transports)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"version": self.version, "_scheme": None, "_validated": None, "_own": None}
+        state = dict(self.__dict__)
+        state.update(_scheme=None, _validated=None, _own=None)
+        return state
 
     def receive(self, timeout: float = 0.001) -> bool:
         """Apply new weights if some arrive within ``timeout`` s; True when applied."""
@@ -163,8 +166,8 @@ class WeightReceiver:
         update = transport.poll(timeout)
         if update is None:
             return False
-        if update.version <= self.version and update.buffer is self._validated:
-            transport.acknowledge(update)  # a repeat of what we hold: nothing to do
+        if self._applied_any and update.version <= self.version:
+            transport.acknowledge(update)  # not newer than what we hold: never go back
             return False
         try:
             self._apply_update(update)
@@ -173,6 +176,7 @@ class WeightReceiver:
             transport.reject(update, str(err))
             return False
         self.version = update.version
+        self._applied_any = True
         transport.acknowledge(update)
         return True
 
@@ -188,12 +192,13 @@ class WeightReceiver:
             self.apply_weights(update.buffer.read())
             return
         live = module_weights(model, live=True)
-        if update.buffer is not self._validated:
+        shape = (update.buffer.layout, update.buffer.extra_keys)
+        if shape != self._validated:
             incoming = update.buffer.layout.as_meta_weights(update.buffer.extra_keys)
             problems = weight_mismatches(live, incoming)
             if problems:
                 raise WeightMismatchError(self._scheme.model_id, problems)
-            self._validated = update.buffer
+            self._validated = shape
         if update.zero_copy and can_alias(live.tensors, update.buffer):
             alias_into(live.tensors, update.buffer, copy=False)
         elif not update.zero_copy and self._copy_in_one_block(live, update.buffer):
