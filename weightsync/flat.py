@@ -79,7 +79,20 @@ class FlatLayout:
 
     def mismatches(self, weights: FlatWeights, extra_keys: list[str]) -> list[str]:
         """Problems (one line per key) if ``weights`` does not fit this layout."""
+        if self._fits(weights, extra_keys):  # the per-update case: cheap, no allocation
+            return []
         return weight_mismatches(self.as_meta_weights(extra_keys), weights)
+
+    def _fits(self, weights: FlatWeights, extra_keys: list[str]) -> bool:
+        tensors = weights.tensors
+        return (
+            len(tensors) == len(self.slots)
+            and weights.extra.keys() == set(extra_keys)
+            and all(
+                (t := tensors.get(s.key)) is not None and t.dtype == s.dtype and t.shape == s.shape
+                for s in self.slots
+            )
+        )
 
     def allocate(self, *, shared: bool, device: torch.device | str = "cpu") -> torch.Tensor:
         """A zeroed byte buffer for this layout, in shared memory when ``shared``."""
