@@ -9,6 +9,7 @@ validation, all-or-nothing apply, zero-copy adoption) serves every scheme.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -51,10 +52,13 @@ class WeightSender:
         self.version = 0
         self._pending: int | None = None
         self._source: FlatBuffer | None = None  # the trainer model's own flat buffer, once bound
+        self._warned_staging = False
 
     def __getstate__(self) -> dict[str, Any]:
         # A sender travels without its scheme's runtime (context, pipes, buffers).
-        return {"version": self.version, "_scheme": None, "_pending": None, "_source": None}
+        state = dict(self.__dict__)
+        state.update(_scheme=None, _pending=None, _source=None)
+        return state
 
     @property
     def acked_versions(self) -> dict[int, int | None]:
@@ -124,6 +128,14 @@ class WeightSender:
                     "scheme the model (init_on_sender(model_id, model=...) or a context)"
                 )
             flat = flatten_weights(prepared)
+        if not self._warned_staging and any(t.is_cuda for t in flat.tensors.values()):
+            self._warned_staging = True
+            warnings.warn(
+                f"model {scheme.model_id!r} lives on the GPU; {type(scheme).__name__} stages its "
+                "weights through CPU memory (a device-to-host copy per send). Workers on the "
+                "GPU copy them back to their device.",
+                stacklevel=4,
+            )
         bound = self._source is not None and is_aliased(flat.tensors, self._source)
         return flat, self._source if bound else None
 
@@ -150,6 +162,7 @@ class WeightReceiver:
         self._scheme = scheme
         self.version = 0
         self._applied_any = False
+        self.refused: list[str] | None = None  # the problems of the last update refused, if any
         self._validated: tuple | None = None  # (layout, extra keys) checked against the model
         self._own: FlatBuffer | None = None  # this worker's private flat copy (copying transports)
 
@@ -174,9 +187,11 @@ class WeightReceiver:
         except WeightMismatchError as err:
             log.warning("worker refused version %d: %s", update.version, err)
             transport.reject(update, str(err))
+            self.refused = err.problems
             return False
         self.version = update.version
         self._applied_any = True
+        self.refused = None
         transport.acknowledge(update)
         return True
 
