@@ -112,6 +112,7 @@ class MPTransport:
     def check_ack(self, message: str = "updated") -> None:
         """Legacy: wait for an acknowledgement carrying ``message``."""
         kind, model_id, version, payload = self._recv(None, f"acknowledge with {message!r}")
+        self._awaiting = None  # answered: the next send may go
         if kind != ACK or payload != message:
             raise RuntimeError(
                 f"expected acknowledgement {message!r} from {self.peer}, got {kind} {payload!r} "
