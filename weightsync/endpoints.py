@@ -78,8 +78,8 @@ class WeightSender:
                 "pending; call wait_async() before starting another"
             )
         transport = self._scheme._transport
-        self.version += 1
         if transport is None:  # no synchronisation: nothing is extracted, nothing moves
+            self.version += 1
             self._pending = self.version
             return
         flat, source = self._outgoing(weights)
@@ -87,7 +87,10 @@ class WeightSender:
             check_finite(flat, self._scheme.model_id)
         if isinstance(worker_ids, int):
             worker_ids = [worker_ids]
-        transport.start(self._scheme.model_id, self.version, flat, worker_ids, source=source)
+        # The version is spent only once the update is on its way: weights refused before that
+        # (bad worker ids, non-finite values, a misfit) leave the sender exactly as it was.
+        transport.start(self._scheme.model_id, self.version + 1, flat, worker_ids, source=source)
+        self.version += 1
         self._pending = self.version
 
     def wait_async(self, timeout: float | None = None) -> None:
@@ -99,7 +102,21 @@ class WeightSender:
         self._pending = None
         transport = self._scheme._transport
         if transport is not None:
-            transport.finish(timeout)
+            try:
+                transport.finish(timeout)
+            finally:
+                self._leave_retired_source()
+
+    def _leave_retired_source(self) -> None:
+        """Move the trainer model out of a source buffer its transport retired (the pipe scheme
+        retires its staging buffer when a worker timed out, as that worker may still copy it)."""
+        staging = getattr(self._scheme._transport, "staging", self._source)
+        if self._source is None or staging is self._source:
+            return
+        self._source = None
+        model = self._scheme._model
+        if isinstance(model, nn.Module) and self._scheme.bind_source:
+            self._bind(model)  # copies the weights into a fresh buffer and re-points the model
 
     def remove_workers(self, worker_ids: list[int]) -> None:
         """Go on without these workers (e.g. the ``workers`` of a PeerDiedError)."""

@@ -236,6 +236,7 @@ class PipeBroadcast:
         self.acked_versions: dict[int, int | None] = dict.fromkeys(range(len(pipes)))
         self._has_staging: set[int] = set()
         self._in_flight: tuple[str, int, list[int]] | None = None
+        self._unreachable: list[PeerDiedError] = []  # found dead while sending; raised in finish
         self.removed: set[int] = set()
 
     def remove_workers(self, worker_ids: list[int]) -> None:
@@ -277,10 +278,16 @@ class PipeBroadcast:
             )
         staging = self.staging_for(weights)
         staging.write(weights)
+        sent = []
         for w in targets:
             payload = _Staged(None if w in self._has_staging else staging)
-            self.links[w].send_weights_async(model_id, payload, version)
-        self._in_flight = (model_id, version, targets)
+            try:
+                self.links[w].send_weights_async(model_id, payload, version)
+            except PeerDiedError as err:  # the others got the message: wait for them in finish
+                self._unreachable.append(err)
+                continue
+            sent.append(w)
+        self._in_flight = (model_id, version, sent)
 
     def finish(self, timeout: float | None = None) -> None:
         """Wait for every worker of the update in flight; raise naming those that failed."""
@@ -290,7 +297,11 @@ class PipeBroadcast:
         self._in_flight = None
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         rejections: dict[int, str] = {}
-        failures: list[WeightSyncError] = []
+        failures: list[WeightSyncError] = list(self._unreachable)
+        self._unreachable = []
+        for w in failures[0].workers if failures else []:
+            self.acked_versions[w] = None
+            self._has_staging.discard(w)
         for w in targets:
             try:
                 self.links[w].wait_ack(max(0.0, deadline - time.monotonic()))
@@ -306,6 +317,12 @@ class PipeBroadcast:
             self._has_staging.add(w)
             self.acked_versions[w] = version
         if failures:
+            # A worker that timed out may still copy the staging buffer later: retire it, so that
+            # nothing (not the next send, not the trainer's optimizer when its model is bound to
+            # it) writes into it again; the next send stages into a fresh buffer. The late copy
+            # then holds exactly this version, never a mix of versions.
+            self.staging = None
+            self._has_staging.clear()
             workers = [w for f in failures for w in f.workers]
             raise type(failures[0])("; ".join(str(f) for f in failures), workers=workers)
         if rejections:
