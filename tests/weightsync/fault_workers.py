@@ -2,8 +2,7 @@
 
 * :func:`stress_reader`: a worker that reads its whole model as fast as it can and counts every
   read that mixes versions (the trainer writes version ``k`` as "every parameter equals k");
-* :func:`idle_worker`: a worker that keeps calling ``receive`` until the trainer goes away, then
-  reports how it ended;
+* :func:`ready_then_serve`: the command-driven worker of ``workers.py``, announcing itself first;
 * :func:`trainer_with_workers`: a trainer that spawns its own workers, reports their process ids
   and sends forever: the test kills it with SIGKILL and watches the workers go.
 """
@@ -17,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from weightsync import WeightSyncScheme
+from weightsync import PeerDiedError, WeightSyncScheme
 
 
 def uniform_model(width: int = 256, depth: int = 4) -> nn.Module:
@@ -84,20 +83,13 @@ def stress_reader(scheme, pipe, ctl, slow_every: int = 0, slow_s: float = 0.0) -
         ctl.send(("error", type(err).__name__, str(err)))
 
 
-def idle_worker(scheme, pipe, ctl, seed: int = 1) -> None:
-    """Receive until the trainer goes away; report ``("ended", error type, message)``."""
-    from tests.weightsync.models import make_model
+def ready_then_serve(scheme, pipe, ctl) -> None:
+    """Say ``("ready", pid)`` once imports are done, then run :func:`serve` (the trainer connects
+    only when every worker is ready, so the scheme's timeout can be short)."""
+    from tests.weightsync.workers import serve
 
-    try:
-        model = make_model(seed)
-        scheme.init_on_receiver("policy", model=model, pipe=pipe)
-        scheme.connect()
-        ctl.send(("ready", os.getpid()))
-        while not scheme.closed:
-            scheme.receive(0.01)
-        ctl.send(("ended", None, "closed by the trainer"))
-    except Exception as err:
-        ctl.send(("ended", type(err).__name__, str(err)))
+    ctl.send(("ready", os.getpid()))
+    serve(scheme, pipe, ctl)
 
 
 def _worker_until_trainer_dies(scheme, pipe) -> None:
@@ -105,9 +97,12 @@ def _worker_until_trainer_dies(scheme, pipe) -> None:
     from tests.weightsync.models import make_model
 
     scheme.init_on_receiver("policy", model=make_model(1), pipe=pipe)
-    scheme.connect()
-    while not scheme.closed:
-        scheme.receive(0.01)
+    try:
+        scheme.connect(timeout=60.0)
+        while not scheme.closed:
+            scheme.receive(0.01)
+    except PeerDiedError:  # the trainer is gone: exit quietly
+        pass
 
 
 def trainer_with_workers(backend: str, num_workers: int, ctl) -> None:
@@ -115,7 +110,7 @@ def trainer_with_workers(backend: str, num_workers: int, ctl) -> None:
     from tests.weightsync.models import make_model, perturb
 
     ctx = mp.get_context("spawn")
-    scheme = WeightSyncScheme.from_backend(backend, timeout=5.0)
+    scheme = WeightSyncScheme.from_backend(backend, timeout=60.0)  # slow nested spawns
     pipes, workers = [], []
     for _ in range(num_workers):
         here, there = ctx.Pipe()
@@ -126,7 +121,8 @@ def trainer_with_workers(backend: str, num_workers: int, ctl) -> None:
         workers.append(worker)
     model = make_model(0)
     scheme.init_on_sender("policy", model=model, pipes=pipes)
-    scheme.connect()
+    scheme.send_async()  # connect(), with time for freshly spawned workers to start
+    scheme.wait_async(timeout=60.0)
     ctl.send(("workers", [w.pid for w in workers]))
     step = 0
     while True:

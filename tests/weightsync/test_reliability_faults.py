@@ -1,0 +1,190 @@
+"""Process faults with real processes and real signals.
+
+* a worker killed with SIGKILL mid-run: the trainer's next ``send`` raises an error naming it
+  within the timeout, and the loop goes on with the survivors (``remove_workers``);
+* a worker frozen with SIGSTOP: ``send`` raises SyncTimeoutError naming it within the timeout;
+  once it runs again it catches up with one complete version;
+* the trainer killed with SIGKILL: every worker notices and exits within a few seconds;
+* after each: nothing left in ``/dev/shm`` (the autouse fixture in ``conftest.py`` compares it
+  before and after every test) and no process left behind.
+
+Shared memory uses torch's ``file_descriptor`` strategy (Linux default): segments are unlinked
+as soon as they are created and live only as long as a process maps them, so a SIGKILL cannot
+leak a named ``/dev/shm`` entry, and no ``torch_shm_manager`` (the ``file_system`` strategy's
+daemon) is involved.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+
+import pytest
+import torch.multiprocessing as mp
+
+from tests.weightsync.fault_workers import ready_then_serve, trainer_with_workers
+from tests.weightsync.models import make_model, perturb, state_of
+from weightsync import PeerDiedError, SyncTimeoutError, WeightSyncScheme
+
+pytestmark = pytest.mark.slow
+
+BACKENDS = ["pipe", "shared-mem"]
+TIMEOUT_S = 3.0
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a running (not zombie) process."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_gone(pids: list[int], within_s: float) -> list[int]:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+def _ask(ctl, *command, timeout: float = 30.0):
+    ctl.send(command)
+    assert ctl.poll(timeout), f"worker did not answer {command[0]!r} within {timeout} s"
+    reply = ctl.recv()
+    assert reply[0] != "error", f"worker failed: {reply[1]}: {reply[2]}"
+    return reply
+
+
+def _fleet(procs, scheme, num_workers=2):
+    """Start workers and wait until each is ready; the trainer keeps only its own pipe ends."""
+    pipes, controls, processes = [], [], []
+    for _ in range(num_workers):
+        here, there = procs.pipe()
+        ctl_here, ctl_there = procs.pipe()
+        processes.append(procs.start(ready_then_serve, scheme, there, ctl_there))
+        there.close()  # else a dead worker's pipe never reaches end of file in the trainer
+        pipes.append(here)
+        controls.append(ctl_here)
+    for w, ctl in enumerate(controls):
+        assert ctl.poll(60), f"worker {w} did not start"
+        assert ctl.recv()[0] == "ready"
+    return pipes, controls, processes
+
+
+def _connect(scheme, model, pipes):
+    scheme.init_on_sender("policy", model=model, pipes=pipes)
+    scheme.connect()
+
+
+def _assert_survivors_hold(controls, model, version, survivors):
+    want = state_of(model)
+    for w in survivors:
+        _, held, state = _ask(controls[w], "sync", version, 10.0)
+        assert held == version, f"worker {w} holds version {held}, not {version}"
+        for key, value in want.items():
+            assert (
+                (state[key] == value)
+                if not hasattr(value, "shape")
+                else bool((state[key] == value).all())
+            ), f"worker {w}: {key} differs"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_worker_killed_mid_run_is_named_within_the_timeout_and_survivors_go_on(procs, backend):
+    scheme = WeightSyncScheme.from_backend(backend, timeout=TIMEOUT_S)
+    pipes, controls, processes = _fleet(procs, scheme)
+    model = make_model(0)
+    _connect(scheme, model, pipes)
+    victim = processes[1]
+    killer = threading.Timer(0.5, os.kill, (victim.pid, signal.SIGKILL))
+    killer.start()
+    error, waited, sends = None, 0.0, 0
+    deadline = time.monotonic() + 30.0
+    try:
+        while error is None and time.monotonic() < deadline:  # send as fast as possible
+            perturb(model, 1)
+            started = time.monotonic()
+            try:
+                scheme.send()
+                sends += 1
+            except (PeerDiedError, SyncTimeoutError) as err:
+                error, waited = err, time.monotonic() - started
+    finally:
+        killer.cancel()
+    assert error is not None, f"{sends} sends after worker 1 was killed went through unnoticed"
+    assert error.workers == [1], error
+    assert re.search(r"worker(\(s\))? \[?1\b", str(error)) and "'policy'" in str(error), error
+    assert waited <= TIMEOUT_S + 1.0, f"the error came after {waited:.1f} s"
+    victim.join(5)
+    assert victim.exitcode == -signal.SIGKILL
+
+    sender = scheme.get_sender()
+    sender.remove_workers(error.workers)  # go on with the survivors
+    assert sorted(sender.acked_versions) == [0]
+    for _ in range(3):
+        perturb(model, 1)
+        scheme.send()
+    _assert_survivors_hold(controls, model, sender.version, survivors=[0])
+    for w in (0,):
+        controls[w].send(("stop",))
+    scheme.shutdown()
+
+
+@pytest.mark.timeout(90)
+def test_frozen_pipe_worker_is_named_within_the_timeout_and_catches_up_once_thawed(procs):
+    scheme = WeightSyncScheme.from_backend("pipe", timeout=TIMEOUT_S)
+    pipes, controls, processes = _fleet(procs, scheme, num_workers=2)
+    model = make_model(0)
+    _connect(scheme, model, pipes)
+    os.kill(processes[0].pid, signal.SIGSTOP)
+    try:
+        perturb(model, 1)
+        started = time.monotonic()
+        with pytest.raises(SyncTimeoutError, match="worker 0 did not acknowledge") as info:
+            scheme.send()
+        waited = time.monotonic() - started
+        assert info.value.workers == [0]
+        assert TIMEOUT_S - 0.5 <= waited <= TIMEOUT_S + 1.0, waited
+        sender = scheme.get_sender()
+        assert sender.acked_versions[0] is None  # unknown until it answers again
+        assert sender.acked_versions[1] == sender.version
+        perturb(model, 1)  # the trainer goes on changing its weights while worker 0 sleeps
+    finally:
+        os.kill(processes[0].pid, signal.SIGCONT)
+    scheme.send()  # every worker answers again
+    _assert_survivors_hold(controls, model, sender.version, survivors=[0, 1])
+    for ctl in controls:
+        ctl.send(("stop",))
+    scheme.shutdown()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_workers_exit_within_seconds_when_the_trainer_is_killed(procs, backend):
+    ctl_here, ctl_there = procs.pipe()
+    trainer = procs.start(trainer_with_workers, backend, 2, ctl_there, daemon=False)
+    assert ctl_here.poll(60), "the trainer did not start its workers"
+    kind, worker_pids = ctl_here.recv()
+    assert kind == "workers" and all(_alive(p) for p in worker_pids)
+    time.sleep(0.3)  # mid-run: updates are flowing
+    os.kill(trainer.pid, signal.SIGKILL)
+    trainer.join(5)
+    try:
+        left = _wait_gone(worker_pids, within_s=5.0)
+        assert not left, f"workers {left} outlived their trainer by more than 5 s"
+    finally:
+        for pid in worker_pids:  # never leave an orphan behind, even when the test fails
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_shared_memory_uses_the_file_descriptor_strategy():
+    """The strategy that cannot leak a named segment on SIGKILL (see the module docstring)."""
+    assert mp.get_sharing_strategy() == "file_descriptor"
+    assert not [e for e in os.listdir("/dev/shm") if e.startswith("torch_")]
