@@ -60,8 +60,8 @@ class WeightSyncScheme(ABC):
         bind_source: bool = True,
     ):
         self.strategy = WeightStrategy(strategy)
-        if timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.timeout = timeout
         self.reject_non_finite = reject_non_finite
         self.bind_source = bind_source
