@@ -38,6 +38,9 @@ class WeightMismatchError(WeightSyncError, ValueError):
             "and dtypes)."
         )
 
+    def __reduce__(self):  # rebuilt from its fields, so it can cross a process boundary
+        return (type(self), (self.model_id, self.problems))
+
 
 class NonFiniteWeightsError(WeightSyncError, ValueError):
     """Weights hold NaN or infinite values and the scheme was asked to refuse them."""
@@ -64,6 +67,9 @@ class WorkerRejectedError(WeightSyncError):
         self.model_id = model_id
         self.version = version
         self.rejections = rejections
+
+    def __reduce__(self):  # rebuilt from its fields, so it can cross a process boundary
+        return (type(self), (self.model_id, self.version, self.rejections))
 
 
 class ModelPathError(WeightSyncError, LookupError):

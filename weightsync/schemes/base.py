@@ -23,7 +23,7 @@ from tensordict import TensorDictBase
 from torch import nn
 
 from weightsync.endpoints import WeightReceiver, WeightSender
-from weightsync.errors import SyncTimeoutError
+from weightsync.errors import SyncTimeoutError, WeightMismatchError
 from weightsync.paths import resolve_model_id
 from weightsync.strategy import WeightFormat, WeightStrategy
 
@@ -220,6 +220,11 @@ class WeightSyncScheme(ABC):
         """Blocking rendez-vous. Trainer: send the initial weights to every worker and wait for
         each to adopt them. Worker: wait for them (SyncTimeoutError naming the model if they do
         not come within ``timeout``, default the scheme's)."""
+        if self.role is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not initialised: call init_on_sender() (trainer) or "
+                "init_on_receiver() / init_on_worker() (worker) before connect()"
+            )
         if self.role == "sender":
             self.send()
             return
@@ -228,6 +233,8 @@ class WeightSyncScheme(ABC):
             return
         timeout = self.timeout if timeout is None else timeout
         if not receiver.receive(timeout):
+            if receiver.refused is not None:  # they came, but do not fit this worker's model
+                raise WeightMismatchError(self.model_id, receiver.refused)
             raise SyncTimeoutError(
                 f"no initial weights for model {self.model_id!r} arrived from the trainer within "
                 f"{timeout:g} s; did the trainer call connect() (or send())?"

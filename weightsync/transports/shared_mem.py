@@ -163,6 +163,7 @@ class SharedMemTransport:
         self._initial = dict(policy_weights or {})
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
+        self._refused: WorkerRejectedError | None = None  # raised once the snapshot is published
         self.removed: set[int] = set()
 
     def remove_workers(self, worker_ids: list[int]) -> None:
@@ -241,6 +242,7 @@ class SharedMemTransport:
                 f"select a subset (got {worker_ids}). Use the pipe scheme to update chosen workers."
             )
         self._raise_for_dead_workers(model_id, version)
+        refused: dict[int, str] = {}  # workers whose model does not fit: the others still update
         if model_id not in self.rings:
             weights_0 = self._initial.pop(model_id, None)
             if not self.auto_register and weights_0 is None:
@@ -248,8 +250,15 @@ class SharedMemTransport:
                     f"model {model_id!r} is not registered; call register_weights() first or "
                     "build the transport with auto_register=True"
                 )
-            self.register_weights(model_id, weights if weights_0 is None else weights_0)
-        self._hand_out(model_id)
+            try:
+                self.register_weights(model_id, weights if weights_0 is None else weights_0)
+            except WorkerRejectedError as err:
+                refused.update(err.rejections)
+        if not refused:  # a worker that just refused the buffers is not asked again at once
+            try:
+                self._hand_out(model_id)
+            except WorkerRejectedError as err:
+                refused.update(err.rejections)
         ring = self.rings[model_id]
         buffer_problems = ring.buffers[0].mismatches(weights)
         if buffer_problems:
@@ -261,6 +270,7 @@ class SharedMemTransport:
         self._pending = self._executor.submit(
             self._write_and_publish, ring, index, version, weights, source
         )
+        self._refused = WorkerRejectedError(model_id, version, refused) if refused else None
 
     def finish(self, timeout: float | None = None) -> None:
         """Block until the snapshot started by :meth:`start` is published."""
@@ -274,6 +284,9 @@ class SharedMemTransport:
             raise SyncTimeoutError(
                 f"writing a shared-memory snapshot did not finish within {timeout:g} s"
             ) from err
+        refused, self._refused = self._refused, None
+        if refused is not None:
+            raise refused
 
     @staticmethod
     def _write_and_publish(
