@@ -62,7 +62,7 @@ def _deliver(trainer, worker, weights=None, **kwargs):
 
 
 def test_after_connect_the_worker_holds_the_trainers_weights(pair):
-    trainer, worker, trainer_model, worker_model = pair
+    _, _, trainer_model, worker_model = pair
     assert _same(worker_model, trainer_model)
 
 
