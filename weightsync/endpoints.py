@@ -12,17 +12,16 @@ import logging
 import warnings
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from weightsync.errors import WeightMismatchError
-from weightsync.flat import FlatBuffer, alias_into, can_alias, is_aliased
+from weightsync.flat import FlatBuffer, alias_into, can_alias, copy_bytes, is_aliased
 from weightsync.strategy import (
     FlatWeights,
+    ModuleWeightsCache,
     check_finite,
     copy_weights,
     flatten_weights,
-    module_weights,
     set_extra_states,
     weight_mismatches,
 )
@@ -53,11 +52,14 @@ class WeightSender:
         self._pending: int | None = None
         self._source: FlatBuffer | None = None  # the trainer model's own flat buffer, once bound
         self._warned_staging = False
+        self._weights: ModuleWeightsCache | None = None  # the model's tensors, walked once
+        self._bound_generation = -1  # the cache generation last seen aliased into _source
 
     def __getstate__(self) -> dict[str, Any]:
         # A sender travels without its scheme's runtime (context, pipes, buffers).
         state = dict(self.__dict__)
-        state.update(_scheme=None, _pending=None, _source=None)
+        state.update(_scheme=None, _pending=None, _source=None, _weights=None)
+        state["_bound_generation"] = -1
         return state
 
     @property
@@ -132,9 +134,12 @@ class WeightSender:
         scheme = self._scheme
         model = scheme._model if weights is None else None
         if isinstance(model, nn.Module):
+            cache = self._cache_for(model)
             if scheme.bind_source:
                 self._bind(model)
-            flat = module_weights(model)
+            flat = cache.get()
+            if self._source is not None and cache.generation == self._bound_generation:
+                return flat, self._source  # still bound, same tensors: no need to check again
         else:
             prepared = scheme.prepare_weights(
                 weights, scheme.model_id, scheme.strategy, scheme._context
@@ -156,15 +161,25 @@ class WeightSender:
         bound = self._source is not None and is_aliased(flat.tensors, self._source)
         return flat, self._source if bound else None
 
+    def _cache_for(self, model: nn.Module) -> ModuleWeightsCache:
+        if self._weights is None or self._weights.module is not model:
+            self._weights, self._bound_generation = ModuleWeightsCache(model), -1
+        return self._weights
+
     def _bind(self, model: nn.Module) -> None:
         """Re-point the trainer model's tensors into one flat buffer, once per layout."""
-        live = module_weights(model, live=True)
-        if self._source is not None and is_aliased(live.tensors, self._source):
+        cache = self._cache_for(model)
+        live = cache.get(live=True)
+        if self._source is not None and cache.generation == self._bound_generation:
             return
-        buffer = self._scheme._transport.source_buffer(live)
-        if not buffer.mismatches(live) and can_alias(live.tensors, buffer):
+        if self._source is None or not is_aliased(live.tensors, self._source):
+            buffer = self._scheme._transport.source_buffer(live)
+            if buffer.mismatches(live) or not can_alias(live.tensors, buffer):
+                return
             alias_into(live.tensors, buffer)
             self._source = buffer
+            live = cache.get(live=True)  # new addresses: a new generation
+        self._bound_generation = cache.generation
 
 
 class WeightReceiver:
@@ -182,10 +197,13 @@ class WeightReceiver:
         self.refused: list[str] | None = None  # the problems of the last update refused, if any
         self._validated: tuple | None = None  # (layout, extra keys) checked against the model
         self._own: FlatBuffer | None = None  # this worker's private flat copy (copying transports)
+        self._weights: ModuleWeightsCache | None = None  # the model's tensors, walked once
+        self._own_generation = -1  # the cache generation last seen aliased into _own
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_scheme=None, _validated=None, _own=None)
+        state.update(_scheme=None, _validated=None, _own=None, _weights=None)
+        state["_own_generation"] = -1
         return state
 
     def receive(self, timeout: float = 0.001) -> bool:
@@ -223,7 +241,9 @@ class WeightReceiver:
         if not isinstance(model, nn.Module):
             self.apply_weights(update.buffer.read())
             return
-        live = module_weights(model, live=True)
+        if self._weights is None or self._weights.module is not model:
+            self._weights, self._own_generation = ModuleWeightsCache(model), -1
+        live = self._weights.get(live=True)
         shape = (update.buffer.layout, update.buffer.extra_keys)
         if shape != self._validated:
             incoming = update.buffer.layout.as_meta_weights(update.buffer.extra_keys)
@@ -246,8 +266,11 @@ class WeightReceiver:
                 return False
             self._own = FlatBuffer(incoming.layout, extra_keys=incoming.extra_keys, shared=False)
             alias_into(live.tensors, self._own)
-        if not is_aliased(live.tensors, self._own):
-            return False
-        with torch.no_grad():
-            self._own.tensor_region.copy_(incoming.tensor_region)
+            self._weights.get(live=True)  # new addresses: a new generation
+            self._own_generation = -1
+        if self._weights.generation != self._own_generation:
+            if not is_aliased(live.tensors, self._own):
+                return False
+            self._own_generation = self._weights.generation
+        copy_bytes(self._own.tensor_region, incoming.tensor_region)
         return True

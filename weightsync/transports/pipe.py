@@ -267,8 +267,8 @@ class PipeBroadcast:
         *,
         source: FlatBuffer | None = None,
     ) -> None:
-        """Stage ``weights`` and tell each chosen worker to apply them (``source`` is unused:
-        tensors already in the staging buffer are skipped anyway)."""
+        """Stage ``weights`` and tell each chosen worker to apply them (``source``: the flat
+        buffer the weights live in; when it is the staging buffer no tensor is copied)."""
         live = [w for w in range(len(self.links)) if w not in self.removed]
         targets = live if worker_ids is None else list(worker_ids)
         unknown = [w for w in targets if w not in live]
@@ -276,8 +276,12 @@ class PipeBroadcast:
             raise ValueError(
                 f"unknown or removed worker id(s) {unknown}: the live workers are {live}"
             )
-        staging = self.staging_for(weights)
-        staging.write(weights)
+        bound = source is not None and source is self.staging  # laid out when it was bound
+        staging = source if bound else self.staging_for(weights)
+        if bound:  # the trainer's model lives in it: only the extra state to write
+            staging.write_extra(weights.extra)
+        else:
+            staging.write(weights)
         sent = []
         for w in targets:
             payload = _Staged(None if w in self._has_staging else staging)
