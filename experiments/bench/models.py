@@ -18,6 +18,7 @@ BENCH_MODELS: dict[str, tuple[int, int]] = {
     "10M": (1024, 10),  # 10.5M parameters, 20 tensors
     "100M": (4096, 6),  # 100.7M parameters (403 MB), 12 tensors
     "small-1000": (45, 500),  # 1.04M parameters in 1000 small tensors
+    "tiny": (16, 2),  # for tests
 }
 
 
