@@ -221,8 +221,8 @@ class WeightReceiver:
             self._apply_update(update)
         except WeightMismatchError as err:
             log.warning("worker refused version %d: %s", update.version, err)
+            self.refused = err.problems  # recorded before the trainer hears of it
             transport.reject(update, str(err))
-            self.refused = err.problems
             return False
         self.version = update.version
         self._applied_any = True
