@@ -1,0 +1,230 @@
+"""The experiment's configuration schema: types and closed choices, then cross-field checks.
+
+The dataclasses below are registered in Hydra's ConfigStore as ``schema`` and sit first in
+``conf/config.yaml``'s defaults list, so every YAML file and command-line override is merged into
+a typed node: a wrong type (``run.num_workers=two``), an unknown key or a value outside a closed
+choice (``device.trainer=tpu``) fails while Hydra composes the config. What a type cannot say
+(at least one worker, CUDA present when asked for, a budget of at least one iteration) is
+checked by :func:`validate`, which ``run.py`` calls before any process starts and which raises a
+:class:`ConfigError` whose one-paragraph message says what is wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from experiments.bench.config import BenchConfig
+from experiments.models import ACTIVATIONS
+
+JOBS = ("train", "bench")
+
+
+class Device(str, Enum):
+    """Where a process computes; ``auto`` is CUDA where available, else CPU."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
+
+
+class ExtractAs(str, Enum):
+    """The weight format at weightsync's API boundary."""
+
+    state_dict = "state_dict"
+    tensordict = "tensordict"
+
+
+# Functional form: "continue" is a keyword, and OmegaConf matches config values to member names.
+OnWorkerFailure = Enum("OnWorkerFailure", {"stop": "stop", "continue": "continue"}, type=str)
+OnWorkerFailure.__doc__ = "What the trainer does when a worker dies: stop the run, or go on."
+Activation = Enum("Activation", {name: name for name in ACTIVATIONS}, type=str)
+Activation.__doc__ = "Activation of the policy's hidden layers (see experiments.models)."
+
+
+@dataclass
+class SyncConfig:
+    """A weightsync scheme, built with ``hydra.utils.instantiate`` (see experiments.factory)."""
+
+    _target_: str = MISSING
+    timeout: float = 10.0  # seconds any blocking wait on a worker may take
+    reject_non_finite: bool = False  # refuse to publish weights holding NaN or inf
+
+
+@dataclass
+class StrategyConfig:
+    """The weight format, a ``weightsync.WeightStrategy``."""
+
+    _target_: str = "weightsync.WeightStrategy"
+    extract_as: ExtractAs = ExtractAs.state_dict
+
+
+@dataclass
+class ModelConfig:
+    """The policy; the env's observation size and action count are filled in when it is built."""
+
+    _target_: str = "experiments.models.ActorCritic"
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    activation: Activation = Activation.tanh
+    orthogonal_init: bool = True
+
+
+@dataclass
+class EnvConfig:
+    """Each worker's batched environment; device and seed are filled in per worker."""
+
+    _target_: str = "experiments.envs.BatchedCartPole"
+    num_envs: int = 8  # environments per worker
+    max_steps: int = 500  # episode length at which an episode is truncated
+
+
+@dataclass
+class DeviceConfig:
+    """Where the trainer learns and where the workers act."""
+
+    trainer: Device = Device.cpu
+    worker: Device = Device.cpu
+
+
+@dataclass
+class LearnerConfig:
+    """The policy-gradient learner; the policy is passed in when it is built."""
+
+    _target_: str = "experiments.learner.PPOLearner"
+    lr: float = 5e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    epochs: int = 4
+    minibatches: int = 4
+    max_grad_norm: float = 0.5
+
+
+@dataclass
+class RunConfig:
+    """The actor-learner loop: how many workers, how much experience, how often to sync."""
+
+    num_workers: int = 2
+    total_frames: int = MISSING  # set by the experiment preset
+    rollout_steps: int = 128  # steps per environment in one rollout
+    sync_every: int = 1  # push weights every this many updates
+    on_worker_failure: OnWorkerFailure = OnWorkerFailure.stop  # or continue, with the survivors
+    log_every: int = 10  # iterations between progress lines
+    torch_threads: int = 1  # intra-op threads per process (trainer and each worker)
+    startup_timeout: float = 120.0  # seconds for the workers to spawn and import torch
+
+
+@dataclass
+class Config:
+    """The root of the experiment config; ``job`` picks what ``run.py`` runs."""
+
+    job: str = "train"
+    seed: int = 0
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)  # job=bench (experiment=sync_bench)
+
+
+ConfigStore.instance().store(name="schema", node=Config)
+
+
+class ConfigError(ValueError):
+    """A configuration that composes but cannot run; the message says what to change."""
+
+
+def resolve_device(name: Device | str) -> torch.device:
+    """The torch device for a config value: ``auto`` becomes CUDA where available, else CPU."""
+    name = Device(name).value
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain Python containers, enums as their names (for pickling, JSON and
+    constructors that expect strings)."""
+    if isinstance(node, DictConfig) or OmegaConf.is_list(node):
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    return node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check what the schema's types cannot; raise ConfigError naming the key and the fix."""
+    if cfg.job not in JOBS:
+        raise ConfigError(
+            f"job={cfg.job!r} is not a known job. Allowed: {', '.join(JOBS)} (job=train runs the "
+            "actor-learner training loop; job=bench, set by experiment=sync_bench, runs the "
+            "weight-sync benchmark)."
+        )
+    for role in ("trainer", "worker"):
+        if Device(cfg.device[role]) is Device.cuda and not torch.cuda.is_available():
+            raise ConfigError(
+                f"device.{role}=cuda, but torch sees no CUDA device on this machine "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). "
+                "Use device=cpu, or device=auto to use CUDA only where it is available."
+            )
+    if cfg.job == "train":
+        _validate_training(cfg)
+
+
+def _validate_training(cfg: DictConfig) -> None:
+    run, env, learner = cfg.run, cfg.env, cfg.learner
+    if OmegaConf.is_missing(run, "total_frames"):
+        raise ConfigError(
+            "run.total_frames is not set: the frame budget comes from the experiment preset. "
+            "Pick one (experiment=default or experiment=smoke) or set run.total_frames=N."
+        )
+    at_least_one = {
+        "run.num_workers": (run.num_workers, "the trainer needs a worker to collect experience"),
+        "run.rollout_steps": (run.rollout_steps, "a rollout is at least one step"),
+        "run.sync_every": (run.sync_every, "weights are pushed every N updates, N >= 1"),
+        "run.log_every": (run.log_every, "progress is logged every N iterations, N >= 1"),
+        "run.torch_threads": (run.torch_threads, "each process needs a thread"),
+        "env.num_envs": (env.num_envs, "each worker runs at least one environment"),
+        "env.max_steps": (env.max_steps, "an episode lasts at least one step"),
+        "learner.epochs": (learner.epochs, "each update makes at least one pass"),
+        "learner.minibatches": (learner.minibatches, "each pass has at least one minibatch"),
+    }
+    for key, (value, why) in at_least_one.items():
+        if value < 1:
+            raise ConfigError(f"{key}={value} is not allowed: {why}. Set {key} to an integer >= 1.")
+    positive = {
+        "sync.timeout": cfg.sync.timeout,
+        "run.startup_timeout": run.startup_timeout,
+        "learner.lr": learner.lr,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key}={value} is not allowed: it must be a number > 0.")
+    sizes = list(cfg.model.hidden_sizes)
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(
+            f"model.hidden_sizes={sizes} is not allowed: give one or more layer widths, each >= 1 "
+            "(e.g. model.hidden_sizes=[64,64])."
+        )
+    frames_per_iteration = run.num_workers * env.num_envs * run.rollout_steps
+    if run.total_frames < frames_per_iteration:
+        raise ConfigError(
+            f"run.total_frames={run.total_frames} is less than one iteration: each iteration "
+            f"collects run.num_workers x env.num_envs x run.rollout_steps = {run.num_workers} x "
+            f"{env.num_envs} x {run.rollout_steps} = {frames_per_iteration} frames. Set "
+            f"run.total_frames >= {frames_per_iteration} or collect less per iteration."
+        )
+    if learner.minibatches > frames_per_iteration:
+        raise ConfigError(
+            f"learner.minibatches={learner.minibatches} is more than the {frames_per_iteration} "
+            "frames of one iteration's batch. Set learner.minibatches <= "
+            f"{frames_per_iteration}."
+        )

@@ -1,0 +1,197 @@
+"""Every config option composes and validates; bad values fail before any process starts, with
+a message that says what is wrong and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from hydra.utils import get_class
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from experiments.config import ConfigError, validate
+from experiments.factory import build_scheme, env_factory, policy_factory
+from experiments.models import ActorCritic, count_parameters
+from weightsync import (
+    MultiProcessWeightSyncScheme,
+    NoWeightSyncScheme,
+    SharedMemWeightSyncScheme,
+    WeightSyncScheme,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+GROUPS = ("sync", "strategy", "model", "env", "device", "learner", "experiment")
+SCHEMES = {
+    "none": NoWeightSyncScheme,
+    "shared-mem": SharedMemWeightSyncScheme,
+    "pipe": MultiProcessWeightSyncScheme,
+}
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def make_cfg() -> Callable[..., DictConfig]:
+    """Compose ``conf/config.yaml`` with overrides, as ``python run.py`` would."""
+
+    def _compose(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+
+    return _compose
+
+
+@pytest.fixture
+def cuda_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+@pytest.fixture
+def cuda_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_the_groups_offer_the_documented_options() -> None:
+    assert options("sync") == ["none", "pipe", "shared-mem"]
+    assert options("strategy") == ["state_dict", "tensordict"]
+    assert options("device") == ["auto", "cpu", "cuda"]
+    assert {"default", "smoke"} <= set(options("experiment"))
+    assert {"mlp", "mlp_10m", "mlp_100m"} <= set(options("model"))
+
+
+@pytest.mark.usefixtures("cuda_present")  # device=cuda validates where CUDA exists
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g in GROUPS for o in options(g)], ids=lambda x: x
+)
+def test_every_option_composes_and_validates(make_cfg, group: str, option: str) -> None:
+    cfg = make_cfg(f"{group}={option}")
+    validate(cfg)
+    assert cfg.job in ("train", "bench")
+
+
+def test_the_default_config_is_a_validated_training_run(make_cfg) -> None:
+    cfg = make_cfg()
+    validate(cfg)
+    assert cfg.job == "train" and cfg.run.num_workers == 2
+    assert get_class(cfg.sync._target_) is MultiProcessWeightSyncScheme
+
+
+@pytest.mark.parametrize("strategy", ["state_dict", "tensordict"])
+@pytest.mark.parametrize("sync", sorted(SCHEMES))
+def test_the_factory_builds_each_scheme_with_its_strategy(make_cfg, sync, strategy) -> None:
+    cfg = make_cfg(f"sync={sync}", f"strategy={strategy}", "sync.timeout=3.5")
+    scheme = build_scheme(cfg)
+    assert type(scheme) is SCHEMES[sync]
+    assert scheme.strategy.extract_as == strategy
+    assert scheme.timeout == 3.5
+
+
+def test_policy_and_env_factories_match_the_config(make_cfg) -> None:
+    cfg = make_cfg("model.hidden_sizes=[32,16]", "env.num_envs=3")
+    policy = policy_factory(cfg)()
+    assert isinstance(policy, ActorCritic)
+    assert [m.out_features for m in policy.actor if hasattr(m, "out_features")] == [32, 16, 2]
+    env = env_factory(cfg)(device="cpu", seed=0)
+    assert env.num_envs == 3 and env.obs.shape == (3, 4)
+
+
+@pytest.mark.parametrize(("preset", "millions"), [("mlp_1m", 1.06), ("mlp_10m", 9.85)])
+def test_model_presets_have_the_sizes_they_claim(make_cfg, preset, millions) -> None:
+    policy = policy_factory(make_cfg(f"model={preset}"))()
+    assert count_parameters(policy) / 1e6 == pytest.approx(millions, rel=0.01)
+
+
+# ------------------------------------------------------------------------ rejected while composing
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("sync=foo", ["sync/foo", "none", "pipe", "shared-mem"]),
+        ("strategy=pickle", ["strategy/pickle", "state_dict", "tensordict"]),
+        ("device=tpu", ["device/tpu", "auto", "cpu", "cuda"]),
+        ("run.num_workers=two", ["run.num_workers", "two", "Integer"]),
+        ("sync.timeout=soon", ["sync.timeout", "soon", "Float"]),
+        ("device.trainer=tpu", ["device.trainer", "tpu", "cpu", "cuda", "auto"]),
+        ("run.on_worker_failure=retry", ["retry", "stop", "continue"]),
+        ("model.activation=swish", ["swish", "tanh", "relu"]),
+        ("strategy.extract_as=pickle", ["pickle", "state_dict", "tensordict"]),
+        ("run.num_wrokers=2", ["num_wrokers"]),
+    ],
+)
+def test_unknown_options_and_wrong_types_fail_to_compose(make_cfg, override, expected) -> None:
+    with pytest.raises((HydraException, OmegaConfBaseException)) as info:
+        make_cfg(override)
+    message = f"{info.value} {info.value.__cause__ or ''}"  # what Hydra prints
+    for word in expected:
+        assert word in message, f"{word!r} not in: {message}"
+
+
+# -------------------------------------------------------------------------- rejected by validate()
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["run.num_workers=0"], ["run.num_workers=0", ">= 1"]),
+        (["run.sync_every=0"], ["run.sync_every=0", ">= 1"]),
+        (["env.num_envs=-1"], ["env.num_envs=-1", ">= 1"]),
+        (["sync.timeout=0"], ["sync.timeout=0", "> 0"]),
+        (["model.hidden_sizes=[]"], ["model.hidden_sizes", ">= 1"]),
+        (["run.total_frames=100"], ["run.total_frames=100", "2048"]),
+        (["learner.minibatches=5000"], ["learner.minibatches=5000", "2048"]),
+        (["job=evaluate"], ["job='evaluate'", "train", "bench"]),
+    ],
+)
+def test_values_that_cannot_run_raise_one_paragraph_config_errors(
+    make_cfg, overrides, expected
+) -> None:
+    cfg = make_cfg(*overrides)
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    for word in expected:
+        assert word in message, f"{word!r} not in: {message}"
+
+
+@pytest.mark.usefixtures("cuda_absent")
+@pytest.mark.parametrize(
+    ("overrides", "role"),
+    [(["device=cuda"], "trainer"), (["device.worker=cuda"], "worker")],
+)
+def test_cuda_is_refused_on_a_machine_without_it(make_cfg, overrides, role) -> None:
+    cfg = make_cfg(*overrides)
+    with pytest.raises(ConfigError, match=f"device.{role}=cuda.*device=cpu.*device=auto"):
+        validate(cfg)
+
+
+@pytest.mark.usefixtures("cuda_absent")
+def test_auto_device_falls_back_to_cpu(make_cfg) -> None:
+    validate(make_cfg("device=auto"))
+
+
+def test_scheme_targets_are_weight_sync_schemes(make_cfg) -> None:
+    for option in options("sync"):
+        assert issubclass(get_class(make_cfg(f"sync={option}").sync._target_), WeightSyncScheme)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_run_py_reports_a_config_error_and_starts_nothing(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "run.py", "run.num_workers=0", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Invalid configuration: run.num_workers=0" in result.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
