@@ -1,0 +1,60 @@
+"""Where a run's numbers go: ``metrics.jsonl`` (one line per iteration) and ``summary.json``.
+
+Every line is flushed when written, so a run that is interrupted or crashes keeps all it logged.
+Names carry their units (``sync_latency_ms``, ``frames_per_s``, ``bytes_moved``); a value that
+does not exist for an iteration (no episode ended, no sync happened) is ``null``, never a guess.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+class MetricsLog:
+    """Appends one JSON object per call to ``<out_dir>/metrics.jsonl``."""
+
+    def __init__(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / METRICS_FILE
+        self._file = self.path.open("w")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
+    """Write ``summary.json`` (indented, for people and scripts alike); return its path."""
+    path = out_dir / SUMMARY_FILE
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+def mean(values: Sequence[float]) -> float | None:
+    """The mean, or None for no values."""
+    return sum(values) / len(values) if values else None
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100, linear interpolation), or None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def rounded(value: float | None, digits: int = 3) -> float | None:
+    """``value`` rounded for the logs (None stays None)."""
+    return None if value is None else round(value, digits)

@@ -1,0 +1,234 @@
+"""The actor-learner training loop: collect, learn, sync, log.
+
+``num_workers`` spawned workers act in their own batched CartPole with their copy of the policy
+and send rollouts, tagged with the weight version that produced them. The trainer learns with
+PPO on everything they sent and pushes its weights through the configured scheme every
+``sync_every`` updates. While the trainer learns, the workers already collect the next rollouts
+with the weights they hold, so the data is typically one update old (staleness 1); with
+``sync=none`` they never get new weights, their return stays at the initial policy's level and
+the staleness grows with every update. That contrast is the experiment.
+
+Writes ``metrics.jsonl`` (one line per iteration) and ``summary.json`` into ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from experiments.checksum import weights_checksum
+from experiments.config import plain, resolve_device
+from experiments.factory import build_learner, build_scheme, env_factory, policy_factory
+from experiments.metrics import MetricsLog, mean, percentile, rounded, write_summary
+from experiments.pool import RunStopped, WorkerPool
+from experiments.sync import SyncStep, model_bytes
+from experiments.worker import WorkerSpec
+from weightsync import WeightSyncScheme
+
+log = logging.getLogger(__name__)
+
+RETURN_WINDOW = 50  # episodes averaged for the initial and the final return
+
+
+def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run one training job as ``cfg`` says (validated); return the summary it wrote."""
+    run = cfg.run
+    torch.set_num_threads(run.torch_threads)
+    make_env, make_policy = env_factory(cfg), policy_factory(cfg)
+    torch.manual_seed(cfg.seed)  # workers seed alike, so they start from the same weights
+    policy = make_policy().to(resolve_device(cfg.device.trainer))
+    initial_checksum = weights_checksum(policy)
+    learner = build_learner(cfg, policy, seed=cfg.seed)
+    scheme = build_scheme(cfg)
+    worker_device = str(resolve_device(cfg.device.worker))
+    specs = [
+        WorkerSpec(w, make_env, make_policy, run.rollout_steps, worker_device, cfg.seed,
+                   run.torch_threads)
+        for w in range(run.num_workers)
+    ]  # fmt: skip
+    num_iterations = run.total_frames // (run.num_workers * cfg.env.num_envs * run.rollout_steps)
+    log.info(
+        "training with sync=%s strategy=%s: %d workers, %d iterations, outputs in %s",
+        scheme.backend, scheme.strategy.extract_as, run.num_workers, num_iterations, out_dir,
+    )  # fmt: skip
+
+    metrics = MetricsLog(out_dir)
+    tally = Tally()
+    status, error, reports = "completed", None, {}
+    sync: SyncStep | None = None
+    try:
+        with WorkerPool(
+            specs,
+            scheme,
+            policy,
+            timeout=cfg.sync.timeout,
+            startup_timeout=run.startup_timeout,
+            on_worker_failure=plain(run.on_worker_failure),
+        ) as workers:
+            sync = SyncStep(workers, policy)
+            tally.started = last = time.perf_counter()
+            workers.request_rollouts()
+            for iteration in range(1, num_iterations + 1):
+                # 1. Collect: every worker's rollout, then at once ask for the next one, which
+                #    the workers collect with the weights they hold while the trainer learns.
+                rollouts = workers.gather()
+                if iteration < num_iterations:
+                    workers.request_rollouts()
+                batch = torch.cat([r["trajectory"] for r in rollouts], dim=1)
+                new_returns = torch.cat([r["episode_returns"] for r in rollouts]).tolist()
+                lags = [
+                    tally.updates - sync.updates_in_version[int(r["policy_version"])]
+                    for r in rollouts
+                ]
+
+                # 2. Learn: one PPO update. The sync started last iteration must be complete
+                #    before the first optimizer step changes the weights: ``before_step``.
+                syncs_before = len(sync.latencies_ms)
+                stats = learner.update(batch, before_step=sync.wait)
+                tally.updates += 1
+
+                # 3. Sync: start pushing the new weights; it completes during the next update.
+                if tally.updates % run.sync_every == 0:
+                    sync.start(tally.updates)
+
+                # 4. Log.
+                now = time.perf_counter()
+                tally.frames += batch.numel()
+                tally.returns += new_returns
+                tally.staleness.append(sum(lags) / len(lags))
+                record = {
+                    "iteration": iteration,
+                    "frames": tally.frames,
+                    "time_s": rounded(now - tally.started),
+                    "episode_return": rounded(mean(new_returns)),
+                    "episodes": len(new_returns),
+                    **{k: rounded(v, 5) for k, v in stats.items()},
+                    "frames_per_s": rounded(batch.numel() / (now - last), 1),
+                    "sync_latency_ms": rounded(mean(sync.latencies_ms[syncs_before:])),
+                    "bytes_moved": sync.bytes_moved,
+                    "staleness": tally.staleness[-1],
+                    "trainer_version": sync.version,
+                    "num_workers": len(rollouts),
+                }
+                metrics.write(record)
+                last = now
+                if iteration % run.log_every == 0 or iteration == num_iterations:
+                    _log_progress(record, num_iterations)
+
+            # After the last update: every worker gets the final weights and proves it.
+            sync.flush(tally.updates)
+            reports = workers.report()
+    except KeyboardInterrupt:
+        status = "interrupted"
+        log.warning("interrupted: workers stopped, metrics so far kept in %s", metrics.path)
+    except RunStopped as err:
+        status, error = "worker_failed", str(err)
+        log.error("run stopped: %s", err)
+    except Exception as err:
+        status, error = "error", f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        metrics.close()
+        summary = _summary(
+            cfg, scheme, policy, sync, tally, reports, initial_checksum, status, error
+        )
+        write_summary(out_dir, summary)
+    log.info(
+        "%s in %.1f s: return %s -> %s, %s frames/s, sync p50 %s ms, weights_match=%s",
+        status, summary["wall_time_s"], summary["initial_return"], summary["final_return"],
+        summary["frames_per_s"], summary["sync_latency_p50_ms"], summary["weights_match"],
+    )  # fmt: skip
+    return summary
+
+
+@dataclass
+class Tally:
+    """What the loop has done so far."""
+
+    started: float = field(default_factory=time.perf_counter)
+    frames: int = 0
+    updates: int = 0
+    returns: list[float] = field(default_factory=list)  # every finished episode, in order
+    staleness: list[float] = field(default_factory=list)  # per iteration, mean over workers
+
+
+def _summary(
+    cfg: DictConfig,
+    scheme: WeightSyncScheme,
+    policy: nn.Module,
+    sync: SyncStep | None,
+    tally: Tally,
+    reports: dict[int, tuple[int, str]],
+    initial_checksum: str,
+    status: str,
+    error: str | None,
+) -> dict[str, Any]:
+    """The run in one JSON object (``summary.json``); see the README for every field."""
+    wall_time_s = time.perf_counter() - tally.started
+    latencies = [] if sync is None else sync.latencies_ms
+    final = weights_checksum(policy)
+    held = {
+        str(w): {"version": version, "weights": _which_weights(digest, final, initial_checksum)}
+        for w, (version, digest) in reports.items()
+    }
+    return {
+        "status": status,
+        "error": error,
+        "sync": scheme.backend,
+        "strategy": str(scheme.strategy.extract_as),
+        "scheme": type(scheme).__name__,
+        "model_parameters": sum(p.numel() for p in policy.parameters()),
+        "model_bytes": model_bytes(policy),
+        "num_workers": cfg.run.num_workers,
+        "trainer_device": str(next(policy.parameters()).device),
+        "worker_device": str(resolve_device(cfg.device.worker)),
+        "num_updates": tally.updates,
+        "frames": tally.frames,
+        "wall_time_s": rounded(wall_time_s),
+        "frames_per_s": rounded(tally.frames / wall_time_s, 1),
+        "episodes": len(tally.returns),
+        "initial_return": rounded(mean(tally.returns[:RETURN_WINDOW])),
+        "final_return": rounded(mean(tally.returns[-RETURN_WINDOW:])),
+        "sync_count": len(latencies),
+        "sync_latency_p50_ms": rounded(percentile(latencies, 50)),
+        "sync_latency_p95_ms": rounded(percentile(latencies, 95)),
+        "staleness_mean": rounded(mean(tally.staleness)),
+        "staleness_max": max(tally.staleness, default=None),
+        "bytes_moved": 0 if sync is None else sync.bytes_moved,
+        "trainer_version": None if sync is None else sync.version,
+        # Every worker holds exactly the trainer's final weights. False for sync=none, whose
+        # workers hold their "initial" ones; null when the run ended before the check.
+        "weights_match": all(h["weights"] == "latest" for h in held.values()) if held else None,
+        "workers": held,
+    }
+
+
+def _which_weights(digest: str, final: str, initial: str) -> str:
+    """Name the weights a worker reported: the trainer's final ones, the initial ones, other."""
+    if digest == final:
+        return "latest"
+    return "initial" if digest == initial else "other"
+
+
+def _log_progress(record: dict[str, Any], num_iterations: int) -> None:
+    """One progress line: where the run is and what it costs."""
+    episode_return = record["episode_return"]
+    latency = record["sync_latency_ms"]
+    log.info(
+        "iter %d/%d | frames %d | return %s | loss %.3f | %.0f frames/s | sync %s | staleness %.1f",
+        record["iteration"],
+        num_iterations,
+        record["frames"],
+        "-" if episode_return is None else f"{episode_return:.1f}",
+        record["loss"],
+        record["frames_per_s"],
+        "-" if latency is None else f"{latency:.2f} ms",
+        record["staleness"],
+    )
