@@ -1,0 +1,180 @@
+"""``python run.py`` end to end, in subprocesses: the smoke preset for every sync x strategy (one
+multirun, which also yields the comparison table and plot), and a clean stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import _shm_entries
+
+ROOT = Path(__file__).resolve().parents[2]
+SYNCS = ("none", "shared-mem", "pipe")
+STRATEGIES = ("state_dict", "tensordict")
+SMOKE_UPDATES = 8  # experiment=smoke: 8192 frames / (2 workers x 8 envs x 64 steps)
+UNITS = ("episode_return", "loss", "frames_per_s", "sync_latency_ms", "bytes_moved", "staleness")
+
+pytestmark = pytest.mark.slow
+
+
+def run_py(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One multirun of the smoke preset over every sync x strategy: ``(sweep dir, stdout)``."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    shm_before = _shm_entries()
+    result = run_py(
+        "-m",
+        "experiment=smoke",
+        f"sync={','.join(SYNCS)}",
+        f"strategy={','.join(STRATEGIES)}",
+        f"hydra.sweep.dir={sweep_dir}",
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert _shm_entries() - shm_before == set(), "the sweep left /dev/shm entries behind"
+    return sweep_dir, result.stdout
+
+
+def job_dir(sweep_dir: Path, sync: str, strategy: str) -> Path:
+    (found,) = [
+        path
+        for path in sweep_dir.iterdir()
+        if path.is_dir() and path.name.endswith(f"strategy={strategy},sync={sync}")
+    ]
+    return found
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("sync", SYNCS)
+def test_smoke_run_summary(sweep, sync: str, strategy: str) -> None:
+    directory = job_dir(sweep[0], sync, strategy)
+    summary = json.loads((directory / "summary.json").read_text())
+    assert summary["status"] == "completed", summary["error"]
+    assert (summary["sync"], summary["strategy"]) == (sync, strategy)
+    assert summary["num_updates"] == SMOKE_UPDATES
+    assert summary["frames"] == 8192
+    assert summary["frames_per_s"] > 0
+    assert summary["initial_return"] is not None and summary["final_return"] is not None
+    assert summary["sync_count"] == SMOKE_UPDATES
+    assert 0 <= summary["sync_latency_p50_ms"] <= summary["sync_latency_p95_ms"]
+
+    records = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == list(range(1, SMOKE_UPDATES + 1))
+    assert all(set(UNITS) <= set(r) for r in records)
+
+    workers = summary["workers"]
+    assert sorted(workers) == ["0", "1"]
+    if sync == "none":
+        # The control arm: workers still act with the initial weights, ever more stale.
+        assert summary["weights_match"] is False
+        assert all(w == {"version": 0, "weights": "initial"} for w in workers.values())
+        assert summary["bytes_moved"] == 0
+        assert summary["staleness_max"] == SMOKE_UPDATES - 1
+    else:
+        # After the last sync every worker holds exactly the trainer's weights.
+        assert summary["weights_match"] is True
+        for w in workers.values():
+            assert w == {"version": summary["trainer_version"], "weights": "latest"}
+        copies = 2 if sync == "pipe" else 1  # pipe: one copy per worker; shared-mem: one
+        assert summary["bytes_moved"] == summary["model_bytes"] * copies * SMOKE_UPDATES
+        assert summary["staleness_max"] <= 2  # workers act on the previous update's weights
+
+
+@pytest.mark.timeout(300)
+def test_multirun_ends_with_a_comparison_table_and_plot(sweep) -> None:
+    sweep_dir, stdout = sweep
+    with (sweep_dir / "comparison.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == len(SYNCS) * len(STRATEGIES)
+    assert {(r["sync"], r["strategy"]) for r in rows} == {(s, t) for s in SYNCS for t in STRATEGIES}
+    for column in ("final_return", "frames_per_s", "sync_latency_p50_ms", "staleness_mean"):
+        assert all(r[column] for r in rows), column
+    table = (sweep_dir / "comparison.md").read_text()
+    assert table.count("\n") == 2 + len(rows)
+    assert "sync=none strategy=state_dict |" in table  # jobs are named by their overrides
+    assert table in stdout  # printed at the end of the sweep
+    assert (sweep_dir / "comparison.png").read_bytes().startswith(b"\x89PNG")
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_the_run_cleanly(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "run.py",
+            "experiment=smoke",
+            "sync=shared-mem",
+            "run.total_frames=100_000_000",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        metrics = tmp_path / "metrics.jsonl"
+        deadline = time.monotonic() + 90
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+            assert process.poll() is None and time.monotonic() < deadline, "no progress"
+            time.sleep(0.2)
+        workers = _children(process.pid)
+        assert len(workers) >= 2
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+        output, _ = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 130, output[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert len(records) >= 3
+    assert len(records) <= summary["num_updates"] <= len(records) + 1  # Ctrl-C may split one
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers), "worker processes outlived the run"
