@@ -212,6 +212,7 @@ def measure_case(
     }
     try:
         case.start()
+        case.probe()  # a first checksum settles each worker's allocator before memory is compared
         for mode in ("blocking", "async"):
             for _ in range(cfg.warmup):
                 case.update(mode, fb)
@@ -245,6 +246,8 @@ def measure_case(
             checksum_ok = checksum_ok and checksum_ok_flat if checksum_ok is not None else None
             memory["flat_updates"] = cfg.flatness_updates
             memory["flat_growth_mb"] = _delta(rss_flat, rss_timed, "total")
+            memory["flat_growth_anon_mb"] = _delta(rss_flat, rss_timed, "anon")
+            memory["flat_growth_shmem_mb"] = _delta(rss_flat, rss_timed, "shmem")
             memory["shared_mb_after"] = round(shared_bytes(case.scheme) / 2**20, 1)
         result["memory"] = memory
         result["checksum_ok"] = checksum_ok

@@ -27,7 +27,7 @@ COLUMNS = (
     "fwd+bwd ms",
     "worker extra MB (anon / shm)",
     "shared MB",
-    "RSS growth MB (updates)",
+    "RSS growth MB anon / shm (updates)",
     "verified in worker",
 )
 
@@ -71,8 +71,12 @@ def _row(r: dict[str, Any]) -> list[str]:
     anon = max(mem["worker_extra_anon_mb"], default=0.0)
     shm = max(mem["worker_extra_shmem_mb"], default=0.0)
     growth = "n/a"
-    if "flat_growth_mb" in mem:
-        growth = f"{max(mem['flat_growth_mb'], default=0.0):+.1f} ({mem['flat_updates']})"
+    if "flat_growth_anon_mb" in mem:
+        anon_growth = max(mem["flat_growth_anon_mb"], default=0.0)
+        shm_growth = max(mem["flat_growth_shmem_mb"], default=0.0)
+        growth = f"{anon_growth:+.1f} / {shm_growth:+.1f} ({mem['flat_updates']})"
+    elif "flat_growth_mb" in mem:
+        growth = f"{max(mem['flat_growth_mb'], default=0.0):+.1f} total ({mem['flat_updates']})"
     if r["checksum_ok"] is None:
         verified = "n/a (nothing sent)"
     else:
