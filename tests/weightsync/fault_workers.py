@@ -49,10 +49,11 @@ def stress_reader(scheme, pipe, ctl, slow_every: int = 0, slow_s: float = 0.0) -
     update is still queued for it: the late copy must still be one complete version.
     """
     try:
+        ctl.send(("ready", os.getpid()))
         model = uniform_model()
         fill_version(model, -1)
         scheme.init_on_receiver("policy", model=model, pipe=pipe)
-        scheme.connect(timeout=60.0)  # the trainer may take a while to start
+        scheme.connect(timeout=60.0)  # the trainer connects once every sibling is up
         receiver = scheme.get_receiver()
         stats = {"reads": 0, "mixed": 0, "mislabelled": 0, "backwards": 0, "versions": set()}
         first_bad = None
@@ -89,6 +90,7 @@ def ready_then_serve(scheme, pipe, ctl) -> None:
     from tests.weightsync.workers import serve
 
     ctl.send(("ready", os.getpid()))
+    scheme.timeout = max(scheme.timeout, 60.0)  # connect() waits for the slowest sibling to start
     serve(scheme, pipe, ctl)
 
 

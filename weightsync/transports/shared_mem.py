@@ -181,8 +181,8 @@ class SharedMemTransport:
         """Add a worker; its index is the order of registration."""
         self.links.append(MPTransport(pipe, self.timeout, worker_id=len(self.links)))
 
-    def register_weights(self, model_id: str, weights: Any) -> None:
-        """Create ``model_id``'s shared buffers, publish ``weights`` as version 0 and hand the
+    def register_weights(self, model_id: str, weights: Any, *, version: int = 0) -> None:
+        """Create ``model_id``'s shared buffers, publish ``weights`` as ``version`` and hand the
         buffers to every registered worker (blocking until each has validated and adopted them).
         """
         if model_id in self.rings:
@@ -194,7 +194,7 @@ class SharedMemTransport:
             num_buffers=self.num_buffers or len(self.links) + 2,
         )
         ring.buffers[0].write(flat)
-        ring.publish(0, 0)
+        ring.publish(0, version)
         self.rings[model_id] = ring
         self._registered[model_id] = set()
         self._hand_out(model_id)
@@ -251,7 +251,10 @@ class SharedMemTransport:
                     "build the transport with auto_register=True"
                 )
             try:
-                self.register_weights(model_id, weights if weights_0 is None else weights_0)
+                if weights_0 is None:  # registered with the weights of this send: its version
+                    self.register_weights(model_id, weights, version=version)
+                else:
+                    self.register_weights(model_id, weights_0)
             except WorkerRejectedError as err:
                 refused.update(err.rejections)
         if not refused:  # a worker that just refused the buffers is not asked again at once
