@@ -188,3 +188,12 @@ def test_shared_memory_uses_the_file_descriptor_strategy():
     """The strategy that cannot leak a named segment on SIGKILL (see the module docstring)."""
     assert mp.get_sharing_strategy() == "file_descriptor"
     assert not [e for e in os.listdir("/dev/shm") if e.startswith("torch_")]
+    managers = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"torch_shm_manager" in f.read():
+                    managers.append(int(pid))
+        except OSError:
+            continue
+    assert not managers, f"torch_shm_manager processes {managers} are running"
