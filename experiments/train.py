@@ -122,6 +122,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 if iteration % run.log_every == 0 or iteration == num_iterations:
                     _log_progress(record, num_iterations)
 
+            tally.finished = time.perf_counter()
             # After the last update: every worker gets the final weights and proves it.
             sync.flush(tally.updates)
             reports = workers.report()
@@ -153,6 +154,7 @@ class Tally:
     """What the loop has done so far."""
 
     started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None  # when the last update was done (None: it was not)
     frames: int = 0
     updates: int = 0
     returns: list[float] = field(default_factory=list)  # every finished episode, in order
@@ -171,7 +173,7 @@ def _summary(
     error: str | None,
 ) -> dict[str, Any]:
     """The run in one JSON object (``summary.json``); see the README for every field."""
-    wall_time_s = time.perf_counter() - tally.started
+    wall_time_s = (tally.finished or time.perf_counter()) - tally.started
     latencies = [] if sync is None else sync.latencies_ms
     final = weights_checksum(policy)
     held = {
