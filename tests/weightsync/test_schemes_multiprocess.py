@@ -50,7 +50,8 @@ def ask(ctl, *command, timeout: float = 30.0):
 def test_every_worker_holds_the_trainers_weights_after_each_update(procs, backend, strategy):
     trainer_model = make_model(seed=0)
     initial_worker_state = state_of(make_model(seed=1))
-    scheme = WeightSyncScheme.from_backend(backend, strategy=strategy)
+    # generous timeout: spawning workers (torch import) is slow on a loaded 2-core machine
+    scheme = WeightSyncScheme.from_backend(backend, strategy=strategy, timeout=60)
     pipes, controls = start_workers(procs, scheme)
     scheme.init_on_sender("policy", model=trainer_model, pipes=pipes)
     scheme.connect()
