@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.bench import report
+from experiments.bench.models import BENCH_MODELS
 
 _SCHEME_ORDER = {"none": 0, "shared-mem": 1, "pipe": 2}
 
@@ -26,8 +27,14 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         payload = json.loads(path.read_text())
         machine = machine or payload["machine"]
         results += payload["results"]
+    models = list(BENCH_MODELS)
     results.sort(
-        key=lambda r: (r["model"], _SCHEME_ORDER.get(r["scheme"], 9), r["strategy"], r["workers"])
+        key=lambda r: (
+            models.index(r["model"]) if r["model"] in models else len(models),
+            _SCHEME_ORDER.get(r["scheme"], 9),
+            r["strategy"],
+            r["workers"],
+        )
     )
     return results, machine
 
