@@ -29,7 +29,7 @@ from weightsync.errors import (
     WeightMismatchError,
     WorkerRejectedError,
 )
-from weightsync.flat import FlatBuffer, FlatLayout
+from weightsync.flat import FlatBuffer, FlatLayout, copy_bytes
 from weightsync.strategy import FlatWeights, flatten_weights
 from weightsync.transports.base import Update
 from weightsync.transports.pipe import MPTransport
@@ -163,6 +163,7 @@ class SharedMemTransport:
         self._initial = dict(policy_weights or {})
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
+        self._fitting_source: dict[str, FlatBuffer] = {}  # per model: a source checked to fit
         self._refused: WorkerRejectedError | None = None  # raised once the snapshot is published
         self.removed: set[int] = set()
 
@@ -263,7 +264,9 @@ class SharedMemTransport:
             except WorkerRejectedError as err:
                 refused.update(err.rejections)
         ring = self.rings[model_id]
-        buffer_problems = ring.buffers[0].mismatches(weights)
+        if source is not None and not self._fits_ring(model_id, ring, source, weights):
+            source = None  # not laid out like the snapshots: copy tensor by tensor
+        buffer_problems = [] if source is not None else ring.buffers[0].mismatches(weights)
         if buffer_problems:
             raise WeightMismatchError(
                 model_id, ["(vs. the registered model) " + p for p in buffer_problems]
@@ -300,12 +303,27 @@ class SharedMemTransport:
         source: FlatBuffer | None,
     ) -> None:
         target = ring.buffers[index]
-        if source is not None and source.layout.slots == target.layout.slots:
-            target.tensor_region.copy_(source.tensor_region)
+        if source is not None:  # laid out like the target (checked in start): one block copy
+            copy_bytes(target.tensor_region, source.tensor_region)
             target.write_extra(weights.extra)
         else:
             target.write(weights)
         ring.publish(index, version)
+
+    def _fits_ring(
+        self, model_id: str, ring: SnapshotRing, source: FlatBuffer, weights: FlatWeights
+    ) -> bool:
+        """Whether ``source`` (the weights' own flat buffer) has the snapshots' layout; the
+        comparison of every slot is made once per source buffer (layouts are immutable)."""
+        registered = ring.buffers[0]
+        if weights.extra.keys() != set(registered.extra_keys):
+            return False
+        if self._fitting_source.get(model_id) is source:
+            return True
+        if source.layout.slots != registered.layout.slots:
+            return False
+        self._fitting_source[model_id] = source
+        return True
 
     def _wait_for_free_buffer(self, model_id: str, ring: SnapshotRing, version: int) -> int:
         deadline = time.monotonic() + self.timeout
