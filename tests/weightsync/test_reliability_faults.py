@@ -197,3 +197,28 @@ def test_shared_memory_uses_the_file_descriptor_strategy():
         except OSError:
             continue
     assert not managers, f"torch_shm_manager processes {managers} are running"
+
+
+@pytest.mark.timeout(30)
+def test_every_silent_pipe_worker_is_named_with_the_whole_timeout():
+    """Two workers that never answer: one error names both, each with the time it was given."""
+    ends = [mp.get_context("spawn").Pipe() for _ in range(2)]
+    scheme = WeightSyncScheme.from_backend("pipe", timeout=0.3)
+    try:
+        scheme.init_on_sender("policy", model=make_model(0), pipes=[a for a, _ in ends])
+        started = time.monotonic()
+        with pytest.raises(SyncTimeoutError) as info:
+            scheme.connect()
+        assert time.monotonic() - started < 0.3 + 1.0
+        assert info.value.workers == [0, 1]
+        message = str(info.value)
+        for w in (0, 1):
+            assert f"worker {w} did not acknowledge version 1 of model 'policy' within 0.3 s" in (
+                message
+            ), message
+        assert set(scheme.get_sender().acked_versions.values()) == {None}
+    finally:
+        scheme.shutdown()
+        for a, b in ends:
+            a.close()
+            b.close()

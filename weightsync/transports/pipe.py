@@ -299,7 +299,8 @@ class PipeBroadcast:
             return
         model_id, version, targets = self._in_flight
         self._in_flight = None
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        budget = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
         rejections: dict[int, str] = {}
         failures: list[WeightSyncError] = list(self._unreachable)
         self._unreachable = []
@@ -316,6 +317,13 @@ class PipeBroadcast:
             except (SyncTimeoutError, PeerDiedError) as err:
                 self.acked_versions[w] = None  # unknown: it may hold a partial copy
                 self._has_staging.discard(w)
+                if isinstance(err, SyncTimeoutError):  # the time it had: the whole budget
+                    err = SyncTimeoutError(
+                        f"worker {w} did not acknowledge version {version} of model "
+                        f"{model_id!r} within {budget:g} s; it may be stuck or overloaded "
+                        "(raise the timeout if it is just slow)",
+                        workers=[w],
+                    )
                 failures.append(err)
                 continue
             self._has_staging.add(w)
