@@ -46,3 +46,22 @@ def state_of(model: nn.Module) -> dict:
         k: v.detach().clone() if isinstance(v, torch.Tensor) else v
         for k, v in model.state_dict().items()
     }
+
+
+def assert_same_state(got: dict, want: dict, who: str = "") -> None:
+    """Assert two ``state_of`` snapshots hold the same keys and exactly equal values."""
+    assert got.keys() == want.keys(), f"{who}: keys differ"
+    for key, value in want.items():
+        same = (
+            torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value
+        )
+        assert same, f"{who}: {key} differs"
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models hold exactly the same tensors and extra state."""
+    try:
+        assert_same_state(state_of(a), state_of(b))
+    except AssertionError:
+        return False
+    return True

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from tests.weightsync.inprocess import ThreadWorker
-from tests.weightsync.models import make_model, perturb, state_of
+from tests.weightsync.models import make_model, perturb, same_weights, state_of
 from weightsync import (
     WeightMismatchError,
     WeightReceiver,
@@ -25,13 +25,6 @@ from weightsync import (
 )
 
 BACKENDS = ["pipe", "shared-mem"]
-
-
-def _same(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = state_of(a), state_of(b)
-    return sa.keys() == sb.keys() and all(
-        torch.equal(v, sb[k]) if isinstance(v, torch.Tensor) else v == sb[k] for k, v in sa.items()
-    )
 
 
 @pytest.fixture(params=BACKENDS)
@@ -63,7 +56,7 @@ def _deliver(trainer, worker, weights=None, **kwargs):
 
 def test_after_connect_the_worker_holds_the_trainers_weights(pair):
     _, _, trainer_model, worker_model = pair
-    assert _same(worker_model, trainer_model)
+    assert same_weights(worker_model, trainer_model)
 
 
 def test_receive_is_true_only_when_new_weights_were_applied(pair):
@@ -72,7 +65,7 @@ def test_receive_is_true_only_when_new_weights_were_applied(pair):
     assert receiver.receive(timeout=0.01) is False  # nothing new
     perturb(trainer_model, 1)
     assert _deliver(trainer, worker) is True
-    assert _same(worker_model, trainer_model)
+    assert same_weights(worker_model, trainer_model)
     assert receiver.receive(timeout=0.01) is False  # nothing new again
 
 
@@ -104,8 +97,8 @@ def test_send_given_weights_in_any_format(pair, kind):
         "tensordict": WeightStrategy("tensordict").extract_weights(other),
     }[kind]
     assert _deliver(trainer, worker, weights) is True
-    assert _same(worker_model, other)
-    assert not _same(trainer_model, other)  # the trainer's own model was not touched
+    assert same_weights(worker_model, other)
+    assert not same_weights(trainer_model, other)  # the trainer's own model was not touched
 
 
 def test_update_weights_is_the_legacy_send_to_all():
@@ -115,7 +108,7 @@ def test_update_weights_is_the_legacy_send_to_all():
     worker = ThreadWorker(trainer, make_model(1), worker_end, connect=False)
     other = make_model(5)
     trainer.get_sender().update_weights(WeightStrategy("tensordict").extract_weights(other))
-    assert _same(worker.model, other)  # applied by the time update_weights returned
+    assert same_weights(worker.model, other)  # applied by the time update_weights returned
     worker.stop()
     trainer.shutdown()
 
@@ -129,10 +122,12 @@ def test_send_blocks_until_every_worker_applied_and_chosen_workers_only():
     trainer.connect()
     perturb(trainer_model, 1)
     trainer.send()
-    assert all(_same(w.model, trainer_model) for w in workers)  # no waiting needed
+    assert all(same_weights(w.model, trainer_model) for w in workers)  # no waiting needed
     perturb(trainer_model, 2)
     trainer.send(worker_ids=[1])
-    assert _same(workers[1].model, trainer_model) and not _same(workers[0].model, trainer_model)
+    assert same_weights(workers[1].model, trainer_model) and not same_weights(
+        workers[0].model, trainer_model
+    )
     assert trainer.get_sender().acked_versions == {0: 2, 1: 3}
     for w in workers:
         w.stop()
@@ -164,10 +159,10 @@ def test_receiver_apply_weights_validates_then_applies(pair):
     receiver = worker.get_receiver()
     other = make_model(9)
     receiver.apply_weights(WeightStrategy("state_dict").extract_weights(other))
-    assert _same(worker_model, other)
+    assert same_weights(worker_model, other)
     with pytest.raises(WeightMismatchError, match="model 'policy'"):
         receiver.apply_weights({"head.weight": torch.zeros(1)})
-    assert _same(worker_model, other)
+    assert same_weights(worker_model, other)
 
 
 class Unpicklable:

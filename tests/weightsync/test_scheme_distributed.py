@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from tests.weightsync.distributed_workers import serve_broadcasts
-from tests.weightsync.models import make_model, perturb, state_of
+from tests.weightsync.models import assert_same_state, make_model, perturb, state_of
 from weightsync import DistributedWeightSyncScheme, WorkerRejectedError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -18,15 +18,6 @@ def _next_state(ctl, timeout: float = 30.0):
     reply = ctl.recv()
     assert reply[0] != "error", f"worker failed: {reply[1]}: {reply[2]}"
     return reply
-
-
-def _assert_same(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys()
-    for key, value in want.items():
-        same = (
-            torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value
-        )
-        assert same, f"{key} differs"
 
 
 @pytest.mark.parametrize("strategy", ["state_dict", "tensordict"])
@@ -45,7 +36,7 @@ def test_broadcast_reaches_every_worker_exactly_on_a_private_group(procs, strate
     for ctl in controls:  # the initial weights
         _, version, state, default_group = _next_state(ctl)
         assert version == 1
-        _assert_same(state, state_of(trainer_model))
+        assert_same_state(state, state_of(trainer_model))
         assert not default_group, "the scheme must not initialise the default process group"
     for step in range(2, 5):
         perturb(trainer_model, step)
@@ -54,7 +45,7 @@ def test_broadcast_reaches_every_worker_exactly_on_a_private_group(procs, strate
         for ctl in controls:
             _, version, state, _ = _next_state(ctl)
             assert version == step
-            _assert_same(state, state_of(trainer_model))
+            assert_same_state(state, state_of(trainer_model))
     assert not dist.is_initialized()
     scheme.shutdown()
     for ctl in controls:
@@ -83,7 +74,7 @@ def test_a_misfit_update_is_refused_and_the_worker_keeps_its_weights(procs):
     scheme.send()  # the worker is still usable: the next good update lands
     _, version, state, _ = _next_state(here)
     assert version == 3
-    _assert_same(state, state_of(trainer_model))
+    assert_same_state(state, state_of(trainer_model))
     assert not torch.equal(state["head.weight"], before["head.weight"])
     scheme.shutdown()
     assert _next_state(here) == ("closed",)

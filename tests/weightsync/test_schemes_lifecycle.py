@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from tests.weightsync.inprocess import ThreadWorker
-from tests.weightsync.models import make_model, perturb, state_of
+from tests.weightsync.models import make_model, perturb, same_weights
 from weightsync import (
     ModelPathError,
     SyncTimeoutError,
@@ -23,13 +23,6 @@ from weightsync import (
 )
 
 BACKENDS = ["pipe", "shared-mem"]
-
-
-def _same(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = state_of(a), state_of(b)
-    return all(
-        torch.equal(v, sb[k]) if isinstance(v, torch.Tensor) else v == sb[k] for k, v in sa.items()
-    )
 
 
 @pytest.mark.parametrize("strategy", ["state_dict", "tensordict"])
@@ -45,14 +38,14 @@ def test_connect_send_receive_shutdown(backend, strategy):
     connecting.start()
     trainer.connect()
     connecting.join(5.0)
-    assert _same(worker_model, trainer_model)  # version 0 after the rendez-vous
+    assert same_weights(worker_model, trainer_model)  # version 0 after the rendez-vous
     assert worker.receive(timeout=0.01) is False
     for step in range(1, 3):
         perturb(trainer_model, step)
         trainer.send_async()
         assert worker.receive(timeout=5.0) is True
         trainer.wait_async()
-        assert _same(worker_model, trainer_model)
+        assert same_weights(worker_model, trainer_model)
     assert not worker.closed
     trainer.shutdown()
     assert worker.receive(timeout=0.5) is False
@@ -116,7 +109,7 @@ def test_model_ids_are_paths_on_the_context(backend, model_id):
         'models["critic"]': lambda c: c.models["critic"],
     }
     for name, get in parts.items():  # the path's model is synced, the others are not
-        assert _same(get(worker_ctx), get(trainer_ctx)) == (name == model_id), name
+        assert same_weights(get(worker_ctx), get(trainer_ctx)) == (name == model_id), name
     trainer.shutdown()
     worker.shutdown()
 

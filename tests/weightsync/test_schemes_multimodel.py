@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.weightsync.models import make_model, perturb, state_of
+from tests.weightsync.models import assert_same_state, make_model, perturb, state_of
 from tests.weightsync.spawned import serve_models
 from weightsync import WeightSyncScheme
 
@@ -28,15 +28,6 @@ def _ask(ctl, command, timeout=60.0):
     reply = ctl.recv()
     assert reply[0] != "error", f"worker failed: {reply[1]}: {reply[2]}"
     return reply
-
-
-def _assert_same(got: dict, want: dict, who: str) -> None:
-    assert got.keys() == want.keys(), who
-    for key, value in want.items():
-        same = (
-            torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value
-        )
-        assert same, f"{who}: {key} differs"
 
 
 def test_two_models_side_by_side_in_the_same_workers(procs):
@@ -75,8 +66,8 @@ def test_two_models_side_by_side_in_the_same_workers(procs):
     for w, ctl in enumerate(controls):
         _, held, states = _ask(ctl, ("state", 30.0, versions()))
         assert held == versions()
-        _assert_same(states[POLICY], state_of(trainer[POLICY]), f"worker {w} policy")
-        _assert_same(states[CRITIC], initial_critic, f"worker {w} critic")
+        assert_same_state(states[POLICY], state_of(trainer[POLICY]), f"worker {w} policy")
+        assert_same_state(states[CRITIC], initial_critic, f"worker {w} critic")
 
     for step in (1, 2):  # then the critic alone
         with torch.no_grad():
@@ -87,8 +78,8 @@ def test_two_models_side_by_side_in_the_same_workers(procs):
     for w, ctl in enumerate(controls):
         _, held, states = _ask(ctl, ("state", 30.0, versions()))
         assert held == versions()
-        _assert_same(states[CRITIC], state_of(trainer[CRITIC]), f"worker {w} critic")
-        _assert_same(states[POLICY], policy_now, f"worker {w} policy")
+        assert_same_state(states[CRITIC], state_of(trainer[CRITIC]), f"worker {w} critic")
+        assert_same_state(states[POLICY], policy_now, f"worker {w} policy")
     for ctl in controls:
         ctl.send(("stop",))
     for scheme in schemes.values():

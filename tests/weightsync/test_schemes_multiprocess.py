@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.weightsync.models import make_model, perturb, state_of
+from tests.weightsync.models import assert_same_state, make_model, perturb, state_of
 from tests.weightsync.workers import serve
 from weightsync import WeightSyncScheme
 
@@ -15,15 +15,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 BACKENDS = ["none", "pipe", "shared-mem"]
 STRATEGIES = ["state_dict", "tensordict"]
 NUM_WORKERS = 2
-
-
-def _assert_same_state(got: dict, want: dict, who: str) -> None:
-    assert got.keys() == want.keys(), who
-    for key, value in want.items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(got[key], value), f"{who}: {key} differs"
-        else:
-            assert got[key] == value, f"{who}: {key} differs"
 
 
 def start_workers(procs, scheme, num_workers=NUM_WORKERS):
@@ -63,7 +54,7 @@ def test_every_worker_holds_the_trainers_weights_after_each_update(procs, backen
         for w, ctl in enumerate(controls):
             _, held, state = ask(ctl, "sync", version, 10.0)
             assert held == version
-            _assert_same_state(state, want, f"{backend}/{strategy} worker {w} step {step}")
+            assert_same_state(state, want, f"{backend}/{strategy} worker {w} step {step}")
     x = torch.randn(5, 4)
     with torch.no_grad():
         expected = trainer_model(x) if backend != "none" else make_model(seed=1)(x)

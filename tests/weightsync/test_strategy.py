@@ -8,7 +8,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
-from tests.weightsync.models import make_model, perturb, state_of
+from tests.weightsync.models import assert_same_state, make_model, perturb, state_of
 from weightsync import WeightMismatchError, WeightStrategy
 from weightsync.strategy import EXTRA_STATE_KEY
 
@@ -30,15 +30,6 @@ class Deep(nn.Module):
 
     def set_extra_state(self, state):
         self.tag = state["tag"]
-
-
-def _assert_same(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys()
-    for key, value in want.items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(got[key], value), key
-        else:
-            assert got[key] == value, key
 
 
 def test_unknown_format_is_a_value_error_listing_the_choices():
@@ -84,7 +75,7 @@ def test_apply_carries_parameters_buffers_and_extra_state(fmt):
     source, destination = make_model(0), make_model(1)
     perturb(source, 3)
     strategy.apply_weights(destination, strategy.extract_weights(source))
-    _assert_same(state_of(destination), state_of(source))
+    assert_same_state(state_of(destination), state_of(source))
     assert destination.updates == 1
 
 
@@ -99,7 +90,7 @@ def test_nested_modules_and_extra_state_at_every_level(fmt):
         source.scratch.fill_(9.0)  # not persistent: must not travel
     source.tag = "trained"
     strategy.apply_weights(destination, strategy.extract_weights(source))
-    _assert_same(state_of(destination), state_of(source))
+    assert_same_state(state_of(destination), state_of(source))
     assert destination.tag == "trained" and destination.blocks[0].updates == 1
     assert torch.equal(destination.scratch, torch.ones(1))
 
@@ -127,7 +118,7 @@ def test_applying_to_a_float64_model_is_refused_and_leaves_it_unchanged(fmt):
         WeightMismatchError, match=r"'head.weight': expected .* float64, found .*float32"
     ):
         strategy.apply_weights(destination, strategy.extract_weights(make_model(0)))
-    _assert_same(state_of(destination), before)
+    assert_same_state(state_of(destination), before)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -142,7 +133,7 @@ def test_mismatched_shapes_and_keys_are_listed_and_nothing_is_written(fmt):
         "'1.weight': expected shape (4, 2) float32, found shape (5, 2) float32",
         "'1.bias': expected shape (4,) float32, found shape (5,) float32",
     ]
-    _assert_same(state_of(destination), before)  # layer 0 fits, but was not written either
+    assert_same_state(state_of(destination), before)  # layer 0 fits, but was not written either
 
     state = WeightStrategy("state_dict").extract_weights(nn.Linear(3, 2))
     del state["bias"]
@@ -160,7 +151,7 @@ def test_the_format_of_the_weights_is_read_from_their_type(src_fmt, dst_fmt):
     perturb(source, 1)
     weights = WeightStrategy(src_fmt).extract_weights(source)
     WeightStrategy(dst_fmt).apply_weights(destination, weights)
-    _assert_same(state_of(destination), state_of(source))
+    assert_same_state(state_of(destination), state_of(source))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -173,7 +164,7 @@ def test_extract_from_a_tensordict_or_a_dict_converts_the_format(fmt):
         assert isinstance(weights, kind)
         destination = make_model(1)
         strategy.apply_weights(destination, weights)
-        _assert_same(state_of(destination), state_of(model))
+        assert_same_state(state_of(destination), state_of(model))
 
 
 def test_extract_from_anything_else_names_the_type():
@@ -190,7 +181,7 @@ def test_none_weights_are_a_no_op():
     model = make_model()
     before = state_of(model)
     WeightStrategy().apply_weights(model, None)
-    _assert_same(state_of(model), before)
+    assert_same_state(state_of(model), before)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
