@@ -217,16 +217,18 @@ class WeightSyncScheme(ABC):
 
     # ----------------------------------------------------------------------- newer lifecycle
     def connect(self, timeout: float | None = None) -> None:
-        """Blocking rendez-vous. Trainer: send the initial weights to every worker and wait for
-        each to adopt them. Worker: wait for them (SyncTimeoutError naming the model if they do
-        not come within ``timeout``, default the scheme's)."""
+        """Blocking rendez-vous. Trainer: send the initial weights to every worker and wait up to
+        ``timeout`` (default the scheme's) for each to adopt them; shared-mem's one-time hand-out
+        of its buffers waits up to the scheme's timeout per worker. Worker: wait for the initial
+        weights (SyncTimeoutError naming the model if they do not come within ``timeout``)."""
         if self.role is None:
             raise RuntimeError(
                 f"{type(self).__name__} is not initialised: call init_on_sender() (trainer) or "
                 "init_on_receiver() / init_on_worker() (worker) before connect()"
             )
         if self.role == "sender":
-            self.send()
+            self.send_async()
+            self.wait_async(timeout)
             return
         receiver = self.get_receiver()
         if self._transport is None:
