@@ -195,7 +195,7 @@ class WeightReceiver:
         self.version = 0
         self._applied_any = False
         self.refused: list[str] | None = None  # the problems of the last update refused, if any
-        self._validated: tuple | None = None  # (layout, extra keys) checked against the model
+        self._validated: tuple | None = None  # (layout, extra keys, structure) checked
         self._own: FlatBuffer | None = None  # this worker's private flat copy (copying transports)
         self._weights: ModuleWeightsCache | None = None  # the model's tensors, walked once
         self._own_generation = -1  # the cache generation last seen aliased into _own
@@ -244,7 +244,8 @@ class WeightReceiver:
         if self._weights is None or self._weights.module is not model:
             self._weights, self._own_generation = ModuleWeightsCache(model), -1
         live = self._weights.get(live=True)
-        shape = (update.buffer.layout, update.buffer.extra_keys)
+        # Checked again whenever the incoming layout or the model's structure changes.
+        shape = (update.buffer.layout, update.buffer.extra_keys, self._weights.structure_stamp)
         if shape != self._validated:
             incoming = update.buffer.layout.as_meta_weights(update.buffer.extra_keys)
             problems = weight_mismatches(live, incoming)

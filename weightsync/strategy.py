@@ -111,6 +111,11 @@ class ModuleWeightsCache:
         #: new memory); equal generations mean the same tensors at the same addresses.
         self.generation = 0
 
+    @property
+    def structure_stamp(self) -> int:
+        """Changes when a parameter, buffer or submodule may have been added or replaced."""
+        return _structure_changes[0]
+
     def get(self, *, live: bool = False) -> FlatWeights:
         """Same as ``module_weights(self.module, live=live)``."""
         if self._stamp != _structure_changes[0] or self._live is None:

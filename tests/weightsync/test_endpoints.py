@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from tests.weightsync.inprocess import ThreadWorker
-from tests.weightsync.models import make_model, perturb, same_weights, state_of
+from tests.weightsync.models import assert_same_state, make_model, perturb, same_weights, state_of
 from weightsync import (
     WeightMismatchError,
     WeightReceiver,
@@ -192,3 +192,23 @@ def test_pickling_a_receiver_drops_the_scheme(pair):
     copy = pickle.loads(pickle.dumps(worker.get_receiver()))
     assert isinstance(copy, WeightReceiver) and copy._scheme is None
     assert copy.version == worker.get_receiver().version
+
+
+def test_a_worker_model_that_changed_structure_is_validated_again():
+    """Validation is cached per layout; a worker model that gains a parameter is checked anew."""
+    trainer_end, worker_end = mp.Pipe()
+    trainer, worker = (WeightSyncScheme.from_backend("pipe", timeout=10) for _ in range(2))
+    trainer_model, worker_model = nn.Linear(3, 2), nn.Linear(3, 2)
+    trainer.init_on_sender("policy", model=trainer_model, pipes=[trainer_end])
+    worker.init_on_receiver("policy", model=worker_model, pipe=worker_end)
+    receiving = threading.Thread(target=lambda: [worker.receive(5) for _ in range(2)])
+    receiving.start()
+    trainer.connect()
+    worker_model.extra = nn.Parameter(torch.zeros(1))
+    before = state_of(worker_model)
+    with pytest.raises(WorkerRejectedError, match="missing key 'extra'"):
+        trainer.send()
+    receiving.join(10)
+    assert_same_state(state_of(worker_model), before, "worker after a refused update")
+    trainer_end.close()
+    worker_end.close()
