@@ -171,3 +171,25 @@ def test_weights_cross_a_process_boundary_and_each_send_waits_for_the_ack(procs)
     trainer.close()
     process.join(30)
     assert process.exitcode == 0
+
+
+def test_an_answer_due_when_the_trainer_shut_down_cleanly_ends_the_connection_quietly():
+    trainer_end, worker_end = mp.Pipe()
+    trainer, worker = MPTransport(trainer_end, timeout=1.0, worker_id=0), MPTransport(worker_end)
+    trainer.send_weights_async("policy", {"w": torch.ones(1)})
+    assert worker.receive_weights(timeout=1.0) is not None
+    trainer.close()  # the trainer shuts down before the worker answers
+    worker.send_ack()
+    assert worker.closed
+    worker_end.close()
+
+
+def test_an_answer_to_a_trainer_that_vanished_is_a_peer_died_error():
+    trainer_end, worker_end = mp.Pipe()
+    trainer, worker = MPTransport(trainer_end, timeout=1.0, worker_id=0), MPTransport(worker_end)
+    trainer.send_weights_async("policy", {"w": torch.ones(1)})
+    assert worker.receive_weights(timeout=1.0) is not None
+    trainer_end.close()  # gone without a CLOSE: a crash
+    with pytest.raises(PeerDiedError, match="the trainer"):
+        worker.send_ack()
+    worker_end.close()

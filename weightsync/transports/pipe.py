@@ -147,13 +147,32 @@ class MPTransport:
 
     def send_ack(self, message: str = "updated") -> None:
         """Acknowledge the last received weights."""
-        model_id, version = self.last_received or ("", 0)
-        self._send((ACK, model_id, version, message), model_id, version)
+        self._answer(ACK, message)
 
     def send_error(self, reason: str) -> None:
         """Refuse the last received weights, telling the trainer why."""
+        self._answer(ERROR, reason)
+
+    def _answer(self, kind: str, payload: str) -> None:
         model_id, version = self.last_received or ("", 0)
-        self._send((ERROR, model_id, version, reason), model_id, version)
+        try:
+            self._send((kind, model_id, version, payload), model_id, version)
+        except PeerDiedError:
+            # A trainer that shut down cleanly while this answer was due left a CLOSE behind
+            # it: that is the end of the connection, not a failure.
+            if not self._trainer_said_close():
+                raise
+            self.closed = True
+
+    def _trainer_said_close(self) -> bool:
+        """Drain what the trainer left in the pipe; True if it ends with a clean CLOSE."""
+        try:
+            while self.pipe.poll(0):
+                if self.pipe.recv()[0] == CLOSE:
+                    return True
+        except (EOFError, OSError):
+            pass
+        return False
 
     # ------------------------------------------------------------------------------------ both
     def check_connection(self) -> bool:
