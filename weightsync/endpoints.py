@@ -252,9 +252,13 @@ class WeightReceiver:
             if problems:
                 raise WeightMismatchError(self._scheme.model_id, problems)
             self._validated = shape
-        if update.zero_copy and can_alias(live.tensors, update.buffer):
+        if (
+            update.zero_copy
+            and update.buffer.layout.worth_aliasing
+            and can_alias(live.tensors, update.buffer)
+        ):
             alias_into(live.tensors, update.buffer, copy=False)
-        elif not update.zero_copy and self._copy_in_one_block(live, update.buffer):
+        elif self._copy_in_one_block(live, update.buffer):
             pass
         else:
             copy_weights(live, update.buffer.read())

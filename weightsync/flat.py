@@ -80,6 +80,12 @@ def copy_bytes(dst: torch.Tensor, src: torch.Tensor, threads: int | None = None)
         done.result()
 
 
+#: Re-pointing a tensor at a snapshot costs about a microsecond, copying a kilobyte about a tenth
+#: of one: below this many bytes per tensor, a worker copies a snapshot (one memmove) rather than
+#: adopting it tensor by tensor (measured in BENCHMARKS.md, model ``small-1000``).
+ALIAS_MIN_BYTES_PER_TENSOR = 16 * 1024
+
+
 @dataclass(frozen=True)
 class TensorSlot:
     """Where one tensor lives inside a flat buffer."""
@@ -117,6 +123,11 @@ class FlatLayout:
         return self.tensor_bytes + (
             _LENGTH_BYTES + self.extra_capacity if self.extra_capacity else 0
         )
+
+    @property
+    def worth_aliasing(self) -> bool:
+        """Whether adopting a snapshot of this layout in place beats copying it out."""
+        return self.tensor_bytes >= ALIAS_MIN_BYTES_PER_TENSOR * max(1, len(self.slots))
 
     @property
     def keys(self) -> list[str]:

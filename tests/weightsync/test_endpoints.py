@@ -212,3 +212,40 @@ def test_a_worker_model_that_changed_structure_is_validated_again():
     assert_same_state(state_of(worker_model), before, "worker after a refused update")
     trainer_end.close()
     worker_end.close()
+
+
+def _lives_in(tensor: torch.Tensor, buffers: list) -> bool:
+    start = tensor.data_ptr()
+    return any(b.data.data_ptr() <= start < b.data.data_ptr() + b.data.numel() for b in buffers)
+
+
+@pytest.mark.parametrize(
+    ("model_factory", "adopts_in_place"),
+    [
+        (lambda: nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 64)), True),  # large tensors
+        (lambda: nn.Sequential(*[nn.Linear(4, 4) for _ in range(50)]), False),  # 100 tiny ones
+    ],
+)
+def test_shared_mem_workers_adopt_large_tensors_in_place_and_copy_tiny_ones(
+    model_factory, adopts_in_place
+):
+    """Re-pointing costs per tensor, copying per byte: a model of large tensors is adopted with no
+    copy (its parameters become views of the snapshot), one of tiny tensors is copied out."""
+    trainer_end, worker_end = mp.Pipe()
+    torch.manual_seed(0)
+    trainer_model = model_factory()
+    trainer = WeightSyncScheme.from_backend("shared-mem", timeout=10)
+    worker = ThreadWorker(trainer, model_factory(), worker_end, connect=False)
+    trainer.init_on_sender("policy", model=trainer_model, pipes=[trainer_end])
+    trainer.connect()
+    with torch.no_grad():
+        trainer_model[0].weight.add_(1)
+    trainer.send()
+    assert worker.wait_for(trainer.get_sender().version) == trainer.get_sender().version
+    worker.stop()
+    assert same_weights(worker.model, trainer_model)
+    snapshots = trainer._transport.rings["policy"].buffers
+    in_snapshot = [_lives_in(p, snapshots) for p in worker.model.parameters()]
+    assert all(in_snapshot) if adopts_in_place else not any(in_snapshot)
+    trainer.shutdown()
+    trainer_end.close()
