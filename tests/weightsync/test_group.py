@@ -10,6 +10,7 @@ from torch import nn
 
 from tests.weightsync.models import make_model, perturb, state_of
 from tests.weightsync.spawned import serve_models
+from tests.weightsync.workers import ask
 from weightsync import (
     ModelGroup,
     WeightMismatchError,
@@ -75,14 +76,6 @@ def test_applying_a_group_is_all_or_nothing(fmt):
     assert misfit.policy.updates == 0
 
 
-def _ask(ctl, command, timeout=60.0):
-    ctl.send(command)
-    assert ctl.poll(timeout), f"worker did not answer {command[0]!r}"
-    reply = ctl.recv()
-    assert reply[0] != "error", f"worker failed: {reply[1]}: {reply[2]}"
-    return reply
-
-
 def _expect(ctl, kind, timeout=60.0):
     assert ctl.poll(timeout), f"worker sent no {kind!r}"
     reply = ctl.recv()
@@ -128,13 +121,13 @@ def test_a_group_update_is_applied_all_or_nothing_in_each_worker(procs, backend)
         with pytest.raises(WorkerRejectedError, match=r"worker\(s\) \[1\]"):
             scheme.send()
         version = scheme.get_sender().version
-        _, held, states = _ask(controls[0], ("state", 30.0, {"models": version}))
+        _, held, states = ask(controls[0], "state", 30.0, {"models": version})
         assert held["models"] == version
         want = state_of(trainer_group)
         for key, value in want.items():
             got = states["models"][key]
             assert torch.equal(got, value) if isinstance(value, torch.Tensor) else got == value
-        _, held, states = _ask(controls[1], ("state", 0.2, {"models": version}))
+        _, held, states = ask(controls[1], "state", 0.2, {"models": version})
         assert held["models"] == 0
         for key, value in initial.items():
             got = states["models"][key]

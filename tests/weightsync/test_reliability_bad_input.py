@@ -17,6 +17,7 @@ import torch
 from tests.conftest import Processes
 from tests.weightsync.fault_workers import ready_then_serve
 from tests.weightsync.models import make_model, perturb, state_of
+from tests.weightsync.workers import ask
 from weightsync import (
     ModelGroup,
     ModelPathError,
@@ -59,11 +60,7 @@ class Fleet:
         self.sender = self.scheme.get_sender()
 
     def ask(self, w: int, *command):
-        self.controls[w].send(command)
-        assert self.controls[w].poll(30), f"worker {w} did not answer {command[0]!r}"
-        reply = self.controls[w].recv()
-        assert reply[0] != "error", f"worker {w} failed: {reply}"
-        return reply
+        return ask(self.controls[w], *command, timeout=30.0)
 
     def worker_states(self, version: int) -> list[tuple[int, dict]]:
         return [self.ask(w, "sync", version, 10.0)[1:] for w in range(NUM_WORKERS)]

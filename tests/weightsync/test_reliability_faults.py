@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 
 from tests.weightsync.fault_workers import ready_then_serve, trainer_with_workers
 from tests.weightsync.models import make_model, perturb, state_of
+from tests.weightsync.workers import ask
 from weightsync import PeerDiedError, SyncTimeoutError, WeightSyncScheme
 
 pytestmark = pytest.mark.slow
@@ -50,14 +51,6 @@ def _wait_gone(pids: list[int], within_s: float) -> list[int]:
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.05)
     return [p for p in pids if _alive(p)]
-
-
-def _ask(ctl, *command, timeout: float = 30.0):
-    ctl.send(command)
-    assert ctl.poll(timeout), f"worker did not answer {command[0]!r} within {timeout} s"
-    reply = ctl.recv()
-    assert reply[0] != "error", f"worker failed: {reply[1]}: {reply[2]}"
-    return reply
 
 
 def _fleet(procs, scheme, num_workers=2):
@@ -84,7 +77,7 @@ def _connect(scheme, model, pipes):
 def _assert_survivors_hold(controls, model, version, survivors):
     want = state_of(model)
     for w in survivors:
-        _, held, state = _ask(controls[w], "sync", version, 10.0)
+        _, held, state = ask(controls[w], "sync", version, 10.0)
         assert held == version, f"worker {w} holds version {held}, not {version}"
         for key, value in want.items():
             assert (

@@ -8,16 +8,10 @@ import torch.distributed as dist
 
 from tests.weightsync.distributed_workers import serve_broadcasts
 from tests.weightsync.models import assert_same_state, make_model, perturb, state_of
+from tests.weightsync.workers import expect_reply
 from weightsync import DistributedWeightSyncScheme, WorkerRejectedError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
-
-
-def _next_state(ctl, timeout: float = 30.0):
-    assert ctl.poll(timeout), "worker did not report within the timeout"
-    reply = ctl.recv()
-    assert reply[0] != "error", f"worker failed: {reply[1]}: {reply[2]}"
-    return reply
 
 
 @pytest.mark.parametrize("strategy", ["state_dict", "tensordict"])
@@ -34,7 +28,7 @@ def test_broadcast_reaches_every_worker_exactly_on_a_private_group(procs, strate
         controls.append(here)
     scheme.connect()
     for ctl in controls:  # the initial weights
-        _, version, state, default_group = _next_state(ctl)
+        _, version, state, default_group = expect_reply(ctl, "report")
         assert version == 1
         assert_same_state(state, state_of(trainer_model))
         assert not default_group, "the scheme must not initialise the default process group"
@@ -43,13 +37,13 @@ def test_broadcast_reaches_every_worker_exactly_on_a_private_group(procs, strate
         scheme.send()
         assert scheme.get_sender().acked_versions == dict.fromkeys(range(num_workers), step)
         for ctl in controls:
-            _, version, state, _ = _next_state(ctl)
+            _, version, state, _ = expect_reply(ctl, "report")
             assert version == step
             assert_same_state(state, state_of(trainer_model))
     assert not dist.is_initialized()
     scheme.shutdown()
     for ctl in controls:
-        assert _next_state(ctl) == ("closed",)
+        assert expect_reply(ctl, "report") == ("closed",)
 
 
 def test_a_misfit_update_is_refused_and_the_worker_keeps_its_weights(procs):
@@ -59,7 +53,7 @@ def test_a_misfit_update_is_refused_and_the_worker_keeps_its_weights(procs):
     here, there = procs.pipe()
     procs.start(serve_broadcasts, scheme, 0, there)
     scheme.connect()
-    _, _, before, _ = _next_state(here)
+    _, _, before, _ = expect_reply(here, "report")
     wrong = {
         k: v.double() if v.is_floating_point() else v
         for k, v in trainer_model.state_dict().items()
@@ -72,9 +66,9 @@ def test_a_misfit_update_is_refused_and_the_worker_keeps_its_weights(procs):
     assert "float64" in str(info.value) and "float32" in str(info.value)
     perturb(trainer_model, 1)
     scheme.send()  # the worker is still usable: the next good update lands
-    _, version, state, _ = _next_state(here)
+    _, version, state, _ = expect_reply(here, "report")
     assert version == 3
     assert_same_state(state, state_of(trainer_model))
     assert not torch.equal(state["head.weight"], before["head.weight"])
     scheme.shutdown()
-    assert _next_state(here) == ("closed",)
+    assert expect_reply(here, "report") == ("closed",)

@@ -10,6 +10,7 @@ from torch import nn
 
 from tests.weightsync.models import assert_same_state, make_model, perturb, state_of
 from tests.weightsync.spawned import serve_models
+from tests.weightsync.workers import ask
 from weightsync import WeightSyncScheme
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -20,14 +21,6 @@ POLICY, CRITIC = "policy", 'models["critic"]'
 def _critic(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
-
-
-def _ask(ctl, command, timeout=60.0):
-    ctl.send(command)
-    assert ctl.poll(timeout), f"worker did not answer {command[0]!r}"
-    reply = ctl.recv()
-    assert reply[0] != "error", f"worker failed: {reply[1]}: {reply[2]}"
-    return reply
 
 
 def test_two_models_side_by_side_in_the_same_workers(procs):
@@ -64,7 +57,7 @@ def test_two_models_side_by_side_in_the_same_workers(procs):
     schemes[POLICY].send()  # the policy alone
     assert versions() == {POLICY: connected[POLICY] + 1, CRITIC: connected[CRITIC]}
     for w, ctl in enumerate(controls):
-        _, held, states = _ask(ctl, ("state", 30.0, versions()))
+        _, held, states = ask(ctl, "state", 30.0, versions())
         assert held == versions()
         assert_same_state(states[POLICY], state_of(trainer[POLICY]), f"worker {w} policy")
         assert_same_state(states[CRITIC], initial_critic, f"worker {w} critic")
@@ -76,7 +69,7 @@ def test_two_models_side_by_side_in_the_same_workers(procs):
         schemes[CRITIC].send()
     policy_now = state_of(trainer[POLICY])
     for w, ctl in enumerate(controls):
-        _, held, states = _ask(ctl, ("state", 30.0, versions()))
+        _, held, states = ask(ctl, "state", 30.0, versions())
         assert held == versions()
         assert_same_state(states[CRITIC], state_of(trainer[CRITIC]), f"worker {w} critic")
         assert_same_state(states[POLICY], policy_now, f"worker {w} policy")

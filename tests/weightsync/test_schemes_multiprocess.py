@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.weightsync.models import assert_same_state, make_model, perturb, state_of
-from tests.weightsync.workers import serve
+from tests.weightsync.workers import ask, serve
 from weightsync import WeightSyncScheme
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -26,14 +26,6 @@ def start_workers(procs, scheme, num_workers=NUM_WORKERS):
         trainer_ends.append(trainer_end)
         controls.append(ctl_here)
     return trainer_ends, controls
-
-
-def ask(ctl, *command, timeout: float = 30.0):
-    ctl.send(command)
-    assert ctl.poll(timeout), f"worker did not answer {command[0]!r} within {timeout} s"
-    reply = ctl.recv()
-    assert reply[0] != "error", f"worker failed: {reply[1]}: {reply[2]}"
-    return reply
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -45,3 +45,17 @@ def serve(scheme, pipe, ctl, model_id: str = "policy", seed: int = 1) -> None:
         scheme.shutdown()
     except Exception as err:  # report, then exit: the test decides what it means
         ctl.send(("error", type(err).__name__, str(err)))
+
+
+def expect_reply(ctl, what: str = "reply", timeout: float = 60.0):
+    """The worker's next message on ``ctl``; fails the test on silence or an error reply."""
+    assert ctl.poll(timeout), f"worker did not {what} within {timeout} s"
+    reply = ctl.recv()
+    assert reply[0] != "error", f"worker failed: {reply[1:]}"
+    return reply
+
+
+def ask(ctl, *command, timeout: float = 60.0):
+    """Send ``command`` to a worker serving a control pipe and return its reply."""
+    ctl.send(command)
+    return expect_reply(ctl, f"answer {command[0]!r}", timeout)
