@@ -136,8 +136,8 @@ class WeightSender:
         if isinstance(model, nn.Module):
             cache = self._cache_for(model)
             if scheme.bind_source:
-                self._bind(model)
-            flat = cache.get()
+                self._bind(model)  # reads the tensors' addresses: no need to read them twice
+            flat = cache.get(recheck=not scheme.bind_source)
             if self._source is not None and cache.generation == self._bound_generation:
                 return flat, self._source  # still bound, same tensors: no need to check again
         else:
