@@ -64,15 +64,15 @@ class Run:
         )
         self.workers: list[int] = []
 
-    def wait_for_iterations(self, n: int, within_s: float = 90.0) -> None:
-        """Wait until ``n`` metrics lines are written; remember the worker processes."""
+    def wait_for_iterations(self, n: int, within_s: float = 90.0, num_workers: int = 2) -> None:
+        """Wait until ``n`` metrics lines are written and all ``num_workers`` worker processes
+        are seen; remember them."""
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"run.py exited early:\n{self.output()}"
-            self.workers = self.workers or [
-                p for p in _children(self.proc.pid) if b"spawn_main" in _cmdline(p)
-            ]
-            if len(self.lines()) >= n and self.workers:
+            if len(self.workers) < num_workers:  # spawned one by one: look until all are there
+                self.workers = [p for p in _children(self.proc.pid) if b"spawn_main" in _cmdline(p)]
+            if len(self.lines()) >= n and len(self.workers) >= num_workers:
                 return
             time.sleep(0.1)
         raise AssertionError(f"no {n} iterations within {within_s} s:\n{self.output()}")
