@@ -323,9 +323,8 @@ class PipeBroadcast:
         rejections: dict[int, str] = {}
         failures: list[WeightSyncError] = list(self._unreachable)
         self._unreachable = []
-        for w in failures[0].workers if failures else []:
-            self.acked_versions[w] = None
-            self._has_staging.discard(w)
+        for w in (w for failure in failures for w in failure.workers):
+            self.acked_versions[w] = None  # not reached: it holds an older version
         for w in targets:
             try:
                 self.links[w].wait_ack(max(0.0, deadline - time.monotonic()))
@@ -335,7 +334,6 @@ class PipeBroadcast:
                 continue
             except (SyncTimeoutError, PeerDiedError) as err:
                 self.acked_versions[w] = None  # unknown: it may hold a partial copy
-                self._has_staging.discard(w)
                 if isinstance(err, SyncTimeoutError):  # the time it had: the whole budget
                     err = SyncTimeoutError(
                         f"worker {w} did not acknowledge version {version} of model "
