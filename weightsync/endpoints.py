@@ -2,39 +2,49 @@
 
 A sender lives in the trainer and pushes one model's weights to all (or chosen) workers; a
 receiver lives in one worker and applies what arrives to that worker's copy. Both are generic:
-the scheme that creates them supplies the transport, so the same send/receive logic (versions,
-validation, all-or-nothing apply, zero-copy adoption) serves every scheme.
+each is handed its model id, model, weight format and transport (a
+:class:`~weightsync.transports.base.SenderTransport` or
+:class:`~weightsync.transports.base.ReceiverTransport`), so the same send/receive logic
+(versions, validation, all-or-nothing apply, zero-copy adoption) serves every scheme. The send
+path flows one way: endpoint, transport, flat buffer, weights.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from torch import nn
 
-from weightsync.errors import WeightMismatchError
-from weightsync.flat import FlatBuffer, alias_into, can_alias, copy_bytes, is_aliased
-from weightsync.strategy import (
+from weightsync.binding import BoundModule
+from weightsync.errors import SyncTimeoutError, WeightMismatchError
+from weightsync.flat import FlatBuffer, can_alias, copy_bytes
+from weightsync.legacy import LegacySenderAPI
+from weightsync.sources import prepare_weights
+from weightsync.strategy import WeightStrategy
+from weightsync.transports.base import ReceiverTransport, SenderTransport, Update
+from weightsync.weights import (
     FlatWeights,
-    ModuleWeightsCache,
     check_finite,
     copy_weights,
     flatten_weights,
     set_extra_states,
     weight_mismatches,
 )
-from weightsync.transports.base import Update
-
-if TYPE_CHECKING:
-    from weightsync.schemes.base import WeightSyncScheme
 
 log = logging.getLogger(__name__)
 
 
-class WeightSender:
-    """Trainer side: sends one model's weights to the workers of a scheme.
+class EndpointSource(Protocol):
+    """What builds an endpoint the legacy way, ``WeightSender(scheme)``: a scheme says what the
+    endpoint of ``role`` (``"sender"`` or ``"receiver"``) is made of, as constructor keywords."""
+
+    def endpoint_options(self, role: str) -> dict[str, Any]: ...
+
+
+class WeightSender(LegacySenderAPI):
+    """Trainer side: sends one model's weights to the workers of a transport.
 
     ``send`` blocks until the chosen workers have the new weights (pipe: applied and
     acknowledged; shared-mem: published as a complete snapshot they adopt at their next
@@ -44,31 +54,61 @@ class WeightSender:
 
     Each send carries a version, one higher than the last; ``acked_versions`` tells, per worker,
     the version it is known to hold (None when unknown, e.g. after a failed send).
+
+    Args:
+        model_id: the model's id (errors name it; a path on ``context``).
+        transport: the trainer side of the transport.
+        model: the model sent when ``send()`` is given no weights.
+        context: an object the model id and string weights resolve on.
+        strategy: the weight format at the API boundary (default ``state_dict``).
+        reject_non_finite: refuse weights holding NaN or inf.
+        bind_source: keep the model's tensors in the transport's source buffer (same
+            ``nn.Parameter`` objects, new storage) so a send copies one block, or nothing.
+
+    A scheme builds its sender; ``WeightSender(scheme)`` (TorchRL's legacy form) asks the scheme
+    for these arguments.
     """
 
-    def __init__(self, scheme: WeightSyncScheme):
-        self._scheme = scheme
+    def __init__(
+        self,
+        model_id: str | EndpointSource | None = None,
+        transport: SenderTransport | None = None,
+        *,
+        model: Any = None,
+        context: Any = None,
+        strategy: WeightStrategy | None = None,
+        reject_non_finite: bool = False,
+        bind_source: bool = True,
+    ):
+        if hasattr(model_id, "endpoint_options"):  # the legacy form: WeightSender(scheme)
+            self.__init__(**model_id.endpoint_options("sender"))
+            return
+        if transport is None:
+            raise ValueError("a WeightSender needs a transport (or a scheme to take it from)")
+        self.model_id = model_id
+        self.transport = transport
+        self.model = model
+        self.context = context
+        self.strategy = strategy or WeightStrategy("state_dict")
+        self.reject_non_finite = reject_non_finite
+        self.bind_source = bind_source
         self.version = 0
         self._pending: int | None = None
-        self._source: FlatBuffer | None = None  # the trainer model's own flat buffer, once bound
+        self._bound: BoundModule | None = None  # the model's tensors, and their source buffer
         self._warned_staging = False
-        self._weights: ModuleWeightsCache | None = None  # the model's tensors, walked once
-        self._bound_generation = -1  # the cache generation last seen aliased into _source
 
     def __getstate__(self) -> dict[str, Any]:
-        # A sender travels without its scheme's runtime (context, pipes, buffers).
+        # A sender travels without its runtime (transport, context, buffers).
         state = dict(self.__dict__)
-        state.update(_scheme=None, _pending=None, _source=None, _weights=None)
-        state["_bound_generation"] = -1
+        state.update(transport=None, context=None, model=None, _pending=None, _bound=None)
         return state
 
     @property
     def acked_versions(self) -> dict[int, int | None]:
-        transport = self._scheme._transport
-        return {} if transport is None else dict(transport.acked_versions)
+        return dict(self.transport.acked_versions)
 
     def send(self, weights: Any = None, worker_ids: int | list[int] | None = None) -> None:
-        """Send ``weights`` (default: the scheme's model) and block until delivered."""
+        """Send ``weights`` (default: the model) and block until delivered."""
         self.send_async(weights, worker_ids)
         self.wait_async()
 
@@ -76,22 +116,21 @@ class WeightSender:
         """Start sending; pair with :meth:`wait_async`. RuntimeError if one is already pending."""
         if self._pending is not None:
             raise RuntimeError(
-                f"a send of version {self._pending} of model {self._scheme.model_id!r} is still "
+                f"a send of version {self._pending} of model {self.model_id!r} is still "
                 "pending; call wait_async() before starting another"
             )
-        transport = self._scheme._transport
-        if transport is None:  # no synchronisation: nothing is extracted, nothing moves
+        if not self.transport.carries_weights:  # no synchronisation: nothing is extracted
             self.version += 1
             self._pending = self.version
             return
         flat, source = self._outgoing(weights)
-        if self._scheme.reject_non_finite:
-            check_finite(flat, self._scheme.model_id)
+        if self.reject_non_finite:
+            check_finite(flat, self.model_id)
         if isinstance(worker_ids, int):
             worker_ids = [worker_ids]
         # The version is spent only once the update is on its way: weights refused before that
         # (bad worker ids, non-finite values, a misfit) leave the sender exactly as it was.
-        transport.start(self._scheme.model_id, self.version + 1, flat, worker_ids, source=source)
+        self.transport.start(self.model_id, self.version + 1, flat, worker_ids, source=source)
         self.version += 1
         self._pending = self.version
 
@@ -99,87 +138,71 @@ class WeightSender:
         """Block until the pending send is delivered; RuntimeError if none is pending."""
         if self._pending is None:
             raise RuntimeError(
-                f"wait_async() called for model {self._scheme.model_id!r} with no send pending"
+                f"wait_async() called for model {self.model_id!r} with no send pending"
             )
         self._pending = None
-        transport = self._scheme._transport
-        if transport is not None:
-            try:
-                transport.finish(timeout)
-            finally:
-                self._leave_retired_source()
+        try:
+            self.transport.finish(timeout)
+        finally:
+            self._leave_retired_source()
+
+    def connect(self, timeout: float | None = None) -> None:
+        """Send the initial weights to every worker and wait until each has them."""
+        self.send_async()
+        self.wait_async(timeout)
+
+    def remove_workers(self, worker_ids: list[int]) -> None:
+        """Go on without these workers (e.g. the ``workers`` of a PeerDiedError)."""
+        self.transport.remove_workers(list(worker_ids))
+
+    def _outgoing(self, weights: Any) -> tuple[FlatWeights, FlatBuffer | None]:
+        """The weights to send in flat form, and the bound flat buffer they live in (if any)."""
+        if weights is None and isinstance(self.model, nn.Module):
+            flat, source = self._model_weights(self.model)
+        else:
+            prepared = prepare_weights(
+                weights, self.model_id, self.strategy, self.context, self.model
+            )
+            if prepared is None:
+                raise ValueError(
+                    f"nothing to send for model {self.model_id!r}: pass weights=, or give the "
+                    "scheme the model (init_on_sender(model_id, model=...) or a context)"
+                )
+            flat, source = flatten_weights(prepared), None
+        if not self._warned_staging and any(t.is_cuda for t in flat.tensors.values()):
+            self._warned_staging = True
+            warnings.warn(
+                f"model {self.model_id!r} lives on the GPU; the transport stages its weights "
+                "through CPU memory (a device-to-host copy per send). Workers on the GPU copy "
+                "them back to their device.",
+                stacklevel=4,
+            )
+        return flat, source
+
+    def _model_weights(self, model: nn.Module) -> tuple[FlatWeights, FlatBuffer | None]:
+        """The model's weights, bound first to the transport's source buffer when allowed; one
+        read of the tensors' addresses per send."""
+        if self._bound is None or self._bound.module is not model:
+            self._bound = BoundModule(model)
+        bound = self._bound
+        live = bound.weights(live=True)
+        if self.bind_source and not bound.is_bound():
+            buffer = self.transport.source_buffer(live)
+            if buffer is not None:
+                bound.bind(buffer)
+        flat = bound.weights(recheck=False)
+        return flat, bound.buffer if bound.is_bound() else None
 
     def _leave_retired_source(self) -> None:
         """Move the trainer model out of a source buffer its transport retired (the pipe scheme
         retires its staging buffer when a worker timed out, as that worker may still copy it)."""
-        staging = getattr(self._scheme._transport, "staging", self._source)
-        if self._source is None or staging is self._source:
+        bound = self._bound
+        if bound is None or bound.buffer is None or not self.transport.retired(bound.buffer):
             return
-        self._source = None
-        model = self._scheme._model
-        if isinstance(model, nn.Module) and self._scheme.bind_source:
-            self._bind(model)  # copies the weights into a fresh buffer and re-points the model
-
-    def remove_workers(self, worker_ids: list[int]) -> None:
-        """Go on without these workers (e.g. the ``workers`` of a PeerDiedError)."""
-        if self._scheme._transport is not None:
-            self._scheme._transport.remove_workers(list(worker_ids))
-
-    def update_weights(self, weights: Any) -> None:
-        """Legacy: send ``weights`` to all workers (blocking)."""
-        self.send(weights)
-
-    def _outgoing(self, weights: Any) -> tuple[FlatWeights, FlatBuffer | None]:
-        """The weights to send in flat form, and the bound flat buffer they live in (if any)."""
-        scheme = self._scheme
-        model = scheme._model if weights is None else None
-        if isinstance(model, nn.Module):
-            cache = self._cache_for(model)
-            if scheme.bind_source:
-                self._bind(model)  # reads the tensors' addresses: no need to read them twice
-            flat = cache.get(recheck=not scheme.bind_source)
-            if self._source is not None and cache.generation == self._bound_generation:
-                return flat, self._source  # still bound, same tensors: no need to check again
-        else:
-            prepared = scheme.prepare_weights(
-                weights, scheme.model_id, scheme.strategy, scheme._context
-            )
-            if prepared is None:
-                raise ValueError(
-                    f"nothing to send for model {scheme.model_id!r}: pass weights=, or give the "
-                    "scheme the model (init_on_sender(model_id, model=...) or a context)"
-                )
-            flat = flatten_weights(prepared)
-        if not self._warned_staging and any(t.is_cuda for t in flat.tensors.values()):
-            self._warned_staging = True
-            warnings.warn(
-                f"model {scheme.model_id!r} lives on the GPU; {type(scheme).__name__} stages its "
-                "weights through CPU memory (a device-to-host copy per send). Workers on the "
-                "GPU copy them back to their device.",
-                stacklevel=4,
-            )
-        bound = self._source is not None and is_aliased(flat.tensors, self._source)
-        return flat, self._source if bound else None
-
-    def _cache_for(self, model: nn.Module) -> ModuleWeightsCache:
-        if self._weights is None or self._weights.module is not model:
-            self._weights, self._bound_generation = ModuleWeightsCache(model), -1
-        return self._weights
-
-    def _bind(self, model: nn.Module) -> None:
-        """Re-point the trainer model's tensors into one flat buffer, once per layout."""
-        cache = self._cache_for(model)
-        live = cache.get(live=True)
-        if self._source is not None and cache.generation == self._bound_generation:
-            return
-        if self._source is None or not is_aliased(live.tensors, self._source):
-            buffer = self._scheme._transport.source_buffer(live)
-            if buffer.mismatches(live) or not can_alias(live.tensors, buffer):
-                return
-            alias_into(live.tensors, buffer)
-            self._source = buffer
-            live = cache.get(live=True)  # new addresses: a new generation
-        self._bound_generation = cache.generation
+        bound.buffer = None
+        fresh = self.transport.source_buffer(bound.weights(live=True))
+        if fresh is not None:
+            bound.bind(fresh)  # copies the weights into a fresh buffer and re-points the model
 
 
 class WeightReceiver:
@@ -188,94 +211,128 @@ class WeightReceiver:
     Every update is validated against the worker's model before anything is written; a misfit
     is refused (the trainer's ``send`` raises, naming this worker) and the model stays exactly as
     it was. ``version`` is the version of the weights the model holds (0: its initial weights).
+
+    Args:
+        model_id: the model's id (errors name it).
+        transport: this worker's side of the transport.
+        model: the worker's copy of the model (an ``nn.Module``, TensorDict or state_dict).
+        strategy: the weight format (for :meth:`apply_weights`).
+
+    A scheme builds its receiver; ``WeightReceiver(scheme)`` (TorchRL's legacy form) asks the
+    scheme for these arguments.
     """
 
-    def __init__(self, scheme: WeightSyncScheme):
-        self._scheme = scheme
+    def __init__(
+        self,
+        model_id: str | EndpointSource | None = None,
+        transport: ReceiverTransport | None = None,
+        *,
+        model: Any = None,
+        strategy: WeightStrategy | None = None,
+    ):
+        if hasattr(model_id, "endpoint_options"):  # the legacy form: WeightReceiver(scheme)
+            self.__init__(**model_id.endpoint_options("receiver"))
+            return
+        if transport is None:
+            raise ValueError("a WeightReceiver needs a transport (or a scheme to take it from)")
+        self.model_id = model_id
+        self.transport = transport
+        self.model = model
+        self.strategy = strategy or WeightStrategy("state_dict")
         self.version = 0
         self._applied_any = False
         self.refused: list[str] | None = None  # the problems of the last update refused, if any
         self._validated: tuple | None = None  # (layout, extra keys, structure) checked
+        self._bound: BoundModule | None = None  # the model, and the buffer it lives in
         self._own: FlatBuffer | None = None  # this worker's private flat copy (copying transports)
-        self._weights: ModuleWeightsCache | None = None  # the model's tensors, walked once
-        self._own_generation = -1  # the cache generation last seen aliased into _own
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_scheme=None, _validated=None, _own=None, _weights=None)
-        state["_own_generation"] = -1
+        state.update(transport=None, model=None, _validated=None, _bound=None, _own=None)
         return state
+
+    @property
+    def closed(self) -> bool:
+        """True once the trainer has shut the scheme down."""
+        return self.transport.closed
 
     def receive(self, timeout: float = 0.001) -> bool:
         """Apply new weights if some arrive within ``timeout`` s; True when applied."""
-        transport = self._scheme._transport
-        if transport is None:
-            return False
-        update = transport.poll(timeout)
+        update = self.transport.poll(timeout)
         if update is None:
             return False
         if self._applied_any and update.version <= self.version:
-            transport.acknowledge(update)  # not newer than what we hold: never go back
+            self.transport.acknowledge(update)  # not newer than what we hold: never go back
             return False
         try:
             self._apply_update(update)
         except WeightMismatchError as err:
             log.warning("worker refused version %d: %s", update.version, err)
             self.refused = err.problems  # recorded before the trainer hears of it
-            transport.reject(update, str(err))
+            self.transport.reject(update, str(err))
             return False
         self.version = update.version
         self._applied_any = True
         self.refused = None
-        transport.acknowledge(update)
+        self.transport.acknowledge(update)
         return True
+
+    def connect(self, timeout: float) -> None:
+        """Wait for the initial weights; SyncTimeoutError naming the model if none come, or
+        WeightMismatchError if they came but do not fit this worker's model."""
+        if not self.transport.carries_weights:
+            return
+        if not self.receive(timeout):
+            if self.refused is not None:
+                raise WeightMismatchError(self.model_id, self.refused)
+            raise SyncTimeoutError(
+                f"no initial weights for model {self.model_id!r} arrived from the trainer within "
+                f"{timeout:g} s; did the trainer call connect() (or send())?"
+            )
 
     def apply_weights(self, weights: Any) -> None:
         """Apply ``weights`` (any format) to the model, validated first."""
-        self._scheme.strategy.apply_weights(
-            self._scheme._model, weights, model_id=self._scheme.model_id
-        )
+        self.strategy.apply_weights(self.model, weights, model_id=self.model_id)
 
     def _apply_update(self, update: Update) -> None:
-        model = self._scheme._model
+        model = self.model
         if not isinstance(model, nn.Module):
             self.apply_weights(update.buffer.read())
             return
-        if self._weights is None or self._weights.module is not model:
-            self._weights, self._own_generation = ModuleWeightsCache(model), -1
-        live = self._weights.get(live=True)
+        if self._bound is None or self._bound.module is not model:
+            self._bound = BoundModule(model)
+        bound = self._bound
+        live = bound.weights(live=True)
         # Checked again whenever the incoming layout or the model's structure changes.
-        shape = (update.buffer.layout, update.buffer.extra_keys, self._weights.structure_stamp)
+        shape = (update.buffer.layout, update.buffer.extra_keys, bound.structure_stamp)
         if shape != self._validated:
             incoming = update.buffer.layout.as_meta_weights(update.buffer.extra_keys)
             problems = weight_mismatches(live, incoming)
             if problems:
-                raise WeightMismatchError(self._scheme.model_id, problems)
+                raise WeightMismatchError(self.model_id, problems)
             self._validated = shape
         if (
             update.zero_copy
             and update.buffer.layout.worth_aliasing
             and can_alias(live.tensors, update.buffer)
         ):
-            alias_into(live.tensors, update.buffer, copy=False)
-        elif self._copy_in_one_block(live, update.buffer):
-            pass
-        else:
+            bound.bind(update.buffer, copy=False)  # adopt the snapshot: no byte copied
+        elif not self._copy_in_one_block(bound, update.buffer):
             copy_weights(live, update.buffer.read())
         set_extra_states(model, update.buffer.read_extra())
 
-    def _copy_in_one_block(self, live: FlatWeights, incoming: FlatBuffer) -> bool:
-        """Copy ``incoming`` into this worker's private flat buffer: one memcpy for the model."""
-        if self._own is None or self._own.layout != incoming.layout:
-            if not can_alias(live.tensors, incoming):
-                return False
-            self._own = FlatBuffer(incoming.layout, extra_keys=incoming.extra_keys, shared=False)
-            alias_into(live.tensors, self._own)
-            self._weights.get(live=True)  # new addresses: a new generation
-            self._own_generation = -1
-        if self._weights.generation != self._own_generation:
-            if not is_aliased(live.tensors, self._own):
-                return False
-            self._own_generation = self._weights.generation
-        copy_bytes(self._own.tensor_region, incoming.tensor_region)
+    def _copy_in_one_block(self, bound: BoundModule, incoming: FlatBuffer) -> bool:
+        """Copy ``incoming`` into the worker's private flat buffer: one memcpy for the model.
+
+        The model is (re-)bound to that private buffer first when it lives elsewhere (e.g. in a
+        snapshot it adopted): updates are never written into a buffer the worker does not own.
+        """
+        own = self._own
+        if own is None or own.layout != incoming.layout:
+            own = self._own = FlatBuffer(
+                incoming.layout, extra_keys=incoming.extra_keys, shared=False
+            )
+        if (bound.buffer is not own or not bound.is_bound()) and not bound.bind(own):
+            return False
+        copy_bytes(own.tensor_region, incoming.tensor_region)
         return True

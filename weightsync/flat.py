@@ -4,7 +4,7 @@ Sending a model tensor by tensor costs a message (or a kernel launch) per tensor
 one block costs one memcpy. :class:`FlatLayout` computes, once per model, where each tensor lives
 in a single byte buffer (64-byte aligned, any mix of dtypes), followed by a small region for the
 pickled extra states. :class:`FlatBuffer` is such a buffer: it can be written from
-:class:`~weightsync.strategy.FlatWeights`, read back as views (no copy), and pickled to another
+:class:`~weightsync.weights.FlatWeights`, read back as views (no copy), and pickled to another
 process, in which case only its shared-memory handle travels.
 
 Binding a model to a buffer (:func:`alias_into`) re-points the model's tensors into it, keeping
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from weightsync.strategy import FlatWeights, weight_mismatches
+from weightsync.weights import FlatWeights, weight_mismatches
 
 _ALIGN = 64
 _LENGTH_BYTES = 8  # int64 length prefix of the extra-state region

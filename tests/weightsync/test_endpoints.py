@@ -13,8 +13,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.weightsync.inprocess import ThreadWorker
-from tests.weightsync.models import assert_same_state, make_model, perturb, same_weights, state_of
+from tests.helpers.inprocess import ThreadWorker, connected_pair
+from tests.helpers.models import assert_same_state, make_model, perturb, same_weights, state_of
 from weightsync import (
     WeightMismatchError,
     WeightReceiver,
@@ -30,19 +30,10 @@ BACKENDS = ["pipe", "shared-mem"]
 @pytest.fixture(params=BACKENDS)
 def pair(request):
     """A connected trainer scheme and worker scheme (one worker) of each backend."""
-    trainer_end, worker_end = mp.Pipe()
     trainer_model, worker_model = make_model(0), make_model(1)
-    trainer = WeightSyncScheme.from_backend(request.param, timeout=5.0)
-    trainer.init_on_sender("policy", model=trainer_model, pipes=[trainer_end])
-    worker = pickle.loads(pickle.dumps(trainer))
-    worker.init_on_receiver("policy", model=worker_model, pipe=worker_end)
-    connecting = threading.Thread(target=worker.connect)
-    connecting.start()
-    trainer.connect()
-    connecting.join(5.0)
-    yield trainer, worker, trainer_model, worker_model
-    trainer.shutdown()
-    worker.shutdown()
+    pair = connected_pair(request.param, trainer_model, worker_model)
+    yield pair.trainer, pair.worker, trainer_model, worker_model
+    pair.close()
 
 
 def _deliver(trainer, worker, weights=None, **kwargs):
@@ -182,7 +173,8 @@ def test_pickling_a_sender_drops_the_context():
     with pytest.raises(TypeError):
         pickle.dumps(scheme._context)
     copy = pickle.loads(pickle.dumps(sender))
-    assert isinstance(copy, WeightSender) and copy._scheme is None and copy.version == 4
+    assert isinstance(copy, WeightSender) and copy.context is None and copy.version == 4
+    assert copy.transport is None
     scheme.shutdown()
     worker_end.close()
 
@@ -190,7 +182,7 @@ def test_pickling_a_sender_drops_the_context():
 def test_pickling_a_receiver_drops_the_scheme(pair):
     _, worker, _, _ = pair
     copy = pickle.loads(pickle.dumps(worker.get_receiver()))
-    assert isinstance(copy, WeightReceiver) and copy._scheme is None
+    assert isinstance(copy, WeightReceiver) and copy.transport is None and copy.model is None
     assert copy.version == worker.get_receiver().version
 
 
@@ -244,7 +236,7 @@ def test_shared_mem_workers_adopt_large_tensors_in_place_and_copy_tiny_ones(
     assert worker.wait_for(trainer.get_sender().version) == trainer.get_sender().version
     worker.stop()
     assert same_weights(worker.model, trainer_model)
-    snapshots = trainer._transport.rings["policy"].buffers
+    snapshots = trainer.get_sender().transport.rings["policy"].buffers
     in_snapshot = [_lives_in(p, snapshots) for p in worker.model.parameters()]
     assert all(in_snapshot) if adopts_in_place else not any(in_snapshot)
     trainer.shutdown()

@@ -11,9 +11,9 @@ import torch
 import torch.multiprocessing
 from torch import nn
 
-from tests.weightsync.models import make_model, perturb
+from tests.helpers.models import make_model, perturb
 from weightsync.flat import FlatBuffer, FlatLayout, alias_into, can_alias, is_aliased
-from weightsync.strategy import module_weights
+from weightsync.weights import module_weights
 
 
 def test_every_tensor_starts_64_byte_aligned_whatever_its_dtype():

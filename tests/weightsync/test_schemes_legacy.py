@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
-from tests.weightsync.models import make_model
+from tests.helpers.models import make_model
 from weightsync import (
     MPTransport,
     MultiProcessWeightSyncScheme,
@@ -224,14 +224,14 @@ def test_init_on_sender_reads_pipes_num_workers_and_get_model_from_the_context(p
     )
     scheme = MultiProcessWeightSyncScheme()
     scheme.init_on_sender("policy", context)
-    assert scheme._model is model and scheme._transport.links[0].pipe is pipe[0]
+    assert scheme._model is model and scheme.get_sender().transport.links[0].pipe is pipe[0]
 
 
 def test_init_on_worker_reads_the_pipe_from_the_context(pipe):
     model = nn.Linear(2, 2)
     scheme = MultiProcessWeightSyncScheme()
     scheme.init_on_worker("policy", SimpleNamespace(pipe=pipe[1], policy=model))
-    assert scheme._model is model and scheme._transport.link.pipe is pipe[1]
+    assert scheme._model is model and scheme.get_receiver().transport.link.pipe is pipe[1]
 
 
 # ---------------------------------------------------------------------------------- misuse

@@ -8,9 +8,9 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
-from tests.weightsync.models import assert_same_state, make_model, perturb, state_of
+from tests.helpers.models import assert_same_state, make_model, perturb, state_of
 from weightsync import WeightMismatchError, WeightStrategy
-from weightsync.strategy import EXTRA_STATE_KEY
+from weightsync.weights import EXTRA_STATE_KEY
 
 FORMATS = ["state_dict", "tensordict"]
 

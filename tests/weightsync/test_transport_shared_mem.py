@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.weightsync.inprocess import CountingConnection
-from tests.weightsync.models import make_model, perturb
+from tests.helpers.inprocess import CountingConnection
+from tests.helpers.models import make_model, perturb
 from weightsync import SharedMemTransport, WeightMismatchError, WeightStrategy
-from weightsync.strategy import flatten_weights
 from weightsync.transports import SharedMemReader
+from weightsync.weights import flatten_weights
 
 STRATEGY = WeightStrategy("state_dict")
 

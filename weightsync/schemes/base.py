@@ -1,8 +1,12 @@
 """The scheme: how one model's weights get from the trainer to its workers.
 
 A scheme composes a :class:`~weightsync.strategy.WeightStrategy` (the format at the API
-boundary) with a transport (how bytes move), and hands out the endpoints that use them. Concrete
-schemes differ only in the transport they build; everything else lives here, once.
+boundary) with a transport (how bytes move): it resolves the model, builds the transport pair
+(a :class:`~weightsync.transports.base.SenderTransport` on the trainer, a
+:class:`~weightsync.transports.base.ReceiverTransport` in each worker), hands them to the
+endpoints and delegates its lifecycle calls to them. Concrete schemes differ only in the
+transports they build; everything else lives here, once. TorchRL's legacy calls come from
+:class:`~weightsync.legacy.LegacySchemeAPI`.
 
 Lifecycle, as in TorchRL's ``torchrl.weight_update``:
 
@@ -19,18 +23,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from tensordict import TensorDictBase
-from torch import nn
-
 from weightsync.endpoints import WeightReceiver, WeightSender
-from weightsync.errors import SyncTimeoutError, WeightMismatchError
-from weightsync.paths import resolve_model_id
+from weightsync.legacy import LegacySchemeAPI
+from weightsync.sources import resolve_model
 from weightsync.strategy import WeightFormat, WeightStrategy
+from weightsync.transports.base import ReceiverTransport, SenderTransport
 
 _RUNTIME = ("_context", "_model", "_sender", "_receiver", "_transport", "_pipes", "_pipe")
 
 
-class WeightSyncScheme(ABC):
+class WeightSyncScheme(LegacySchemeAPI, ABC):
     """Base class of every scheme; ``WeightSyncScheme.from_backend(name)`` builds one by name.
 
     Args:
@@ -74,7 +76,7 @@ class WeightSyncScheme(ABC):
         self._model: Any = None
         self._sender: WeightSender | None = None
         self._receiver: WeightReceiver | None = None
-        self._transport: Any = None
+        self._transport: SenderTransport | ReceiverTransport | None = None
         self._pipes: list | None = None
         self._pipe: Any = None
 
@@ -116,12 +118,12 @@ class WeightSyncScheme(ABC):
         self._context = context
         self._model = kwargs.get("model")
         if self._model is None and context is not None:
-            self._model = self._resolve_model(context, model_id)
+            self._model = resolve_model(context, model_id)
         self._pipes = kwargs.get("pipes", getattr(context, "pipes", None))
         self._transport = self._build_sender_transport(
             self._pipes, kwargs.get("num_workers", getattr(context, "num_workers", None))
         )
-        self._sender = WeightSender(self)
+        self._sender = self._new_sender()
         self.role = "sender"
 
     def init_on_receiver(self, model_id: str, context: Any = None, **kwargs: Any) -> None:
@@ -130,30 +132,49 @@ class WeightSyncScheme(ABC):
         self._context = context
         self._model = kwargs.get("model")
         if self._model is None and context is not None:
-            self._model = self._resolve_model(context, model_id)
+            self._model = resolve_model(context, model_id)
         self._pipe = kwargs.get("pipe", getattr(context, "pipe", None))
         self._transport = self._build_receiver_transport(self._pipe)
-        self._receiver = WeightReceiver(self)
+        self._receiver = self._new_receiver()
         self.role = "receiver"
 
-    def init_on_worker(self, model_id: str, context: Any = None, **kwargs: Any) -> None:
-        """Legacy name of :meth:`init_on_receiver`."""
-        self.init_on_receiver(model_id, context, **kwargs)
-
-    @staticmethod
-    def _resolve_model(context: Any, model_id: str) -> Any:
-        get_model = getattr(context, "get_model", None)
-        if callable(get_model):
-            return get_model(model_id)
-        return resolve_model_id(context, model_id)
+    @abstractmethod
+    def _build_sender_transport(
+        self, pipes: list | None, num_workers: int | None
+    ) -> SenderTransport:
+        """The trainer-side transport."""
 
     @abstractmethod
-    def _build_sender_transport(self, pipes: list | None, num_workers: int | None) -> Any:
-        """The trainer-side transport (None: nothing moves)."""
+    def _build_receiver_transport(self, pipe: Any) -> ReceiverTransport:
+        """The worker-side transport."""
 
     @abstractmethod
-    def _build_receiver_transport(self, pipe: Any) -> Any:
-        """The worker-side transport (None: nothing arrives)."""
+    def _legacy_transport(self, pipe: Any) -> Any:
+        """The message-level transport of TorchRL's ``create_transport(pipe)``."""
+
+    def endpoint_options(self, role: str) -> dict[str, Any]:
+        """The constructor arguments of this scheme's ``"sender"`` or ``"receiver"`` (what
+        ``WeightSender(scheme)``, TorchRL's legacy form, is built from)."""
+        if self._transport is None:
+            call = "init_on_sender()" if role == "sender" else "init_on_worker()"
+            raise RuntimeError(f"{type(self).__name__} has no transport yet: call {call} first")
+        common = {"model": self._model, "strategy": self.strategy}
+        if role == "receiver":
+            return {"model_id": self.model_id, "transport": self._transport, **common}
+        return {
+            "model_id": self.model_id,
+            "transport": self._transport,
+            "context": self._context,
+            "reject_non_finite": self.reject_non_finite,
+            "bind_source": self.bind_source,
+            **common,
+        }
+
+    def _new_sender(self) -> WeightSender:
+        return WeightSender(**self.endpoint_options("sender"))
+
+    def _new_receiver(self) -> WeightReceiver:
+        return WeightReceiver(**self.endpoint_options("receiver"))
 
     # ------------------------------------------------------------------------------ endpoints
     def get_sender(self) -> WeightSender:
@@ -171,50 +192,6 @@ class WeightSyncScheme(ABC):
             )
         return self._receiver
 
-    def create_sender(self) -> WeightSender:
-        """Legacy factory: a sender bound to this scheme."""
-        self._sender = WeightSender(self)
-        return self._sender
-
-    def create_receiver(self) -> WeightReceiver:
-        """Legacy factory: a receiver bound to this scheme."""
-        self._receiver = WeightReceiver(self)
-        return self._receiver
-
-    @abstractmethod
-    def create_transport(self, pipe_or_context: Any) -> Any:
-        """Legacy factory: the transport this scheme uses over ``pipe_or_context``."""
-
-    def prepare_weights(
-        self, weights: Any, model_id: str, strategy: WeightStrategy, context: Any = None
-    ) -> Any:
-        """Turn what a caller passed to ``send`` into weights ready to send.
-
-        ``None``: the model ``model_id`` resolved on ``context``, extracted (None without a
-        context); an ``nn.Module``: extracted; a ``str``: a model path on ``context``;
-        a TensorDict or a dict: as it is.
-        """
-        if weights is None:
-            if context is None:
-                return self._model and strategy.extract_weights(self._model)
-            return strategy.extract_weights(self._resolve_model(context, model_id))
-        if isinstance(weights, nn.Module):
-            return strategy.extract_weights(weights)
-        if isinstance(weights, str):
-            if context is None:
-                raise ValueError(
-                    f"weights={weights!r} is a model path, which needs a context to resolve on; "
-                    "pass the context to init_on_sender() or send the weights themselves"
-                )
-            target = resolve_model_id(context, weights)
-            return strategy.extract_weights(target) if isinstance(target, nn.Module) else target
-        if isinstance(weights, (TensorDictBase, dict)):
-            return weights
-        raise ValueError(
-            f"cannot send weights of type {type(weights).__name__}; pass None, an nn.Module, a "
-            "TensorDict, a state_dict or a model path string"
-        )
-
     # ----------------------------------------------------------------------- newer lifecycle
     def connect(self, timeout: float | None = None) -> None:
         """Blocking rendez-vous. Trainer: send the initial weights to every worker and wait up to
@@ -227,20 +204,9 @@ class WeightSyncScheme(ABC):
                 "init_on_receiver() / init_on_worker() (worker) before connect()"
             )
         if self.role == "sender":
-            self.send_async()
-            self.wait_async(timeout)
-            return
-        receiver = self.get_receiver()
-        if self._transport is None:
-            return
-        timeout = self.timeout if timeout is None else timeout
-        if not receiver.receive(timeout):
-            if receiver.refused is not None:  # they came, but do not fit this worker's model
-                raise WeightMismatchError(self.model_id, receiver.refused)
-            raise SyncTimeoutError(
-                f"no initial weights for model {self.model_id!r} arrived from the trainer within "
-                f"{timeout:g} s; did the trainer call connect() (or send())?"
-            )
+            self.get_sender().connect(timeout)
+        else:
+            self.get_receiver().connect(self.timeout if timeout is None else timeout)
 
     def send(self, weights: Any = None, worker_ids: int | list[int] | None = None) -> None:
         """Send new weights to the workers (blocking); see :meth:`WeightSender.send`."""
@@ -259,7 +225,7 @@ class WeightSyncScheme(ABC):
     @property
     def closed(self) -> bool:
         """True on a worker once the trainer has shut the scheme down."""
-        return bool(getattr(self._transport, "closed", False))
+        return self._receiver is not None and self._receiver.closed
 
     def shutdown(self) -> None:
         """Release pipes, buffers and threads; the scheme can be initialised again after."""

@@ -71,7 +71,7 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
             self._worker_id, self.num_workers, self.host, self.port, self.timeout
         )
 
-    def create_transport(self, pipe_or_context: Any) -> DistributedBroadcast:
+    def _legacy_transport(self, pipe: Any) -> DistributedBroadcast:
         return DistributedBroadcast(self.num_workers, self.host, self.port, self.timeout)
 
     def connect(self, timeout: float | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from weightsync.schemes.base import WeightSyncScheme
-from weightsync.transports.pipe import MPTransport
+from weightsync.transports.null import NullReceiver, NullSender
 
 
 class NoWeightSyncScheme(WeightSyncScheme, backend="none"):
@@ -24,39 +24,26 @@ class NoWeightSyncScheme(WeightSyncScheme, backend="none"):
     def init_on_sender(self, model_id: str, context: Any = None, **kwargs: Any) -> None:
         """Remember ``model_id``; ``context`` and ``kwargs`` are accepted and ignored, except
         ``pipes=``, used only to tell the workers when :meth:`shutdown` is called."""
-        super().init_on_sender(model_id)
-        self._pipes = list(kwargs.get("pipes") or [])
+        super().init_on_sender(model_id, pipes=kwargs.get("pipes"))
 
     def init_on_receiver(self, model_id: str, context: Any = None, **kwargs: Any) -> None:
         """Remember ``model_id``; ``context`` and ``kwargs`` are accepted and ignored, except
         ``pipe=``, on which :attr:`closed` notices the trainer's :meth:`shutdown`."""
-        super().init_on_receiver(model_id)
-        self._pipe = kwargs.get("pipe")
-        self._trainer_gone = False
+        super().init_on_receiver(model_id, pipe=kwargs.get("pipe"))
 
-    @property
-    def closed(self) -> bool:
-        """On a worker given a pipe: True once the trainer has shut down (or died)."""
-        if self._pipe is not None and not getattr(self, "_trainer_gone", False):
-            try:
-                if self._pipe.poll(0):
-                    self._pipe.recv()  # the only message a none-scheme trainer sends: close
-                    self._trainer_gone = True
-            except (EOFError, OSError):
-                self._trainer_gone = True
-        return getattr(self, "_trainer_gone", False)
+    def endpoint_options(self, role: str) -> dict[str, Any]:
+        """As for every scheme; before any init (TorchRL's legacy ``create_sender()``), the
+        endpoints get transports of their own, since there is nothing to set up."""
+        if self._transport is None:
+            transport = NullSender() if role == "sender" else NullReceiver()
+            return {"model_id": self.model_id, "transport": transport, "strategy": self.strategy}
+        return super().endpoint_options(role)
 
-    def shutdown(self) -> None:
-        """Tell the workers (over the pipes given, if any) that the trainer is done."""
-        for pipe in self._pipes or []:
-            MPTransport(pipe).close()
-        super().shutdown()
+    def _build_sender_transport(self, pipes: list | None, num_workers: int | None) -> NullSender:
+        return NullSender(pipes)
 
-    def _build_sender_transport(self, pipes: list | None, num_workers: int | None) -> None:
-        return None
+    def _build_receiver_transport(self, pipe: Any) -> NullReceiver:
+        return NullReceiver(pipe)
 
-    def _build_receiver_transport(self, pipe: Any) -> None:
-        return None
-
-    def create_transport(self, pipe_or_context: Any) -> None:
+    def _legacy_transport(self, pipe: Any) -> None:
         return None

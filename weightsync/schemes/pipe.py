@@ -41,6 +41,5 @@ class MultiProcessWeightSyncScheme(WeightSyncScheme, backend="pipe"):
             )
         return PipeReader(pipe, self.timeout)
 
-    def create_transport(self, pipe_or_context: Any) -> MPTransport:
-        pipe = getattr(pipe_or_context, "pipe", pipe_or_context)
+    def _legacy_transport(self, pipe: Any) -> MPTransport:
         return MPTransport(pipe, self.timeout)

@@ -55,7 +55,7 @@ class SharedMemWeightSyncScheme(WeightSyncScheme, backend="shared-mem"):
                 "the shared-mem scheme hands its buffers to workers over one pipe each: "
                 "init_on_sender(model_id, pipes=[...]) or a context with a .pipes attribute"
             )
-        transport = self.create_transport(None)
+        transport = self._new_transport()
         for pipe in pipes:
             transport.register_pipe(pipe)
         return transport
@@ -68,12 +68,14 @@ class SharedMemWeightSyncScheme(WeightSyncScheme, backend="shared-mem"):
             )
         return SharedMemReader(pipe, self.timeout)
 
-    def create_transport(self, pipe_or_context: Any) -> SharedMemTransport:
+    def _new_transport(self) -> SharedMemTransport:
         initial = {} if self.policy_weights is None else {self.model_id: self.policy_weights}
-        transport = SharedMemTransport(
+        return SharedMemTransport(
             initial, self.auto_register, num_buffers=self.num_buffers, timeout=self.timeout
         )
-        pipe = getattr(pipe_or_context, "pipe", pipe_or_context)
+
+    def _legacy_transport(self, pipe: Any) -> SharedMemTransport:
+        transport = self._new_transport()
         if pipe is not None:
             transport.register_pipe(pipe)
         return transport

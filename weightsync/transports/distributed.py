@@ -21,8 +21,8 @@ import torch.distributed as dist
 
 from weightsync.errors import PeerDiedError, SyncTimeoutError, WorkerRejectedError
 from weightsync.flat import FlatBuffer
-from weightsync.strategy import FlatWeights
 from weightsync.transports.base import Update
+from weightsync.weights import FlatWeights
 
 _PENDING, _LAYOUT = "pending", "layout"
 
@@ -43,6 +43,8 @@ class DistributedBroadcast:
         port: the store's port; 0 picks a free one (read it back from ``port``).
         timeout: seconds for the rendez-vous, each broadcast and the acknowledgements.
     """
+
+    carries_weights = True
 
     def __init__(
         self, num_workers: int, host: str = "127.0.0.1", port: int = 0, timeout: float = 10.0
@@ -78,6 +80,9 @@ class DistributedBroadcast:
             self.staging = FlatBuffer.for_weights(weights, shared=False)
             self.store.set(_LAYOUT, pickle.dumps((self.staging.layout, self.staging.extra_keys)))
         return self.staging
+
+    def retired(self, buffer: FlatBuffer) -> bool:
+        return False
 
     def start(
         self,
@@ -155,6 +160,8 @@ class DistributedBroadcast:
 
 class DistributedReader:
     """Worker side (rank ``worker_id + 1``): joins each broadcast the trainer announces."""
+
+    carries_weights = True
 
     def __init__(self, worker_id: int, num_workers: int, host: str, port: int, timeout: float):
         self.worker_id = worker_id

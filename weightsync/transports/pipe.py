@@ -28,8 +28,8 @@ from weightsync.errors import (
     WorkerRejectedError,
 )
 from weightsync.flat import FlatBuffer
-from weightsync.strategy import FlatWeights
 from weightsync.transports.base import Update
+from weightsync.weights import FlatWeights
 
 WEIGHTS, ACK, ERROR, CLOSE = "weights", "ack", "error", "close"
 
@@ -248,6 +248,8 @@ class PipeBroadcast:
     ``send`` and documents for ``send_async``.
     """
 
+    carries_weights = True
+
     def __init__(self, pipes: list[Connection], timeout: float = 10.0):
         self.links = [MPTransport(p, timeout, worker_id=i) for i, p in enumerate(pipes)]
         self.timeout = timeout
@@ -276,6 +278,10 @@ class PipeBroadcast:
         """Where the trainer may keep its model: the staging buffer itself (then sends copy
         nothing on the trainer side; workers read it only while an update is in flight)."""
         return self.staging_for(weights)
+
+    def retired(self, buffer: FlatBuffer) -> bool:
+        """A staging buffer is retired once a newer one replaced it (see :meth:`finish`)."""
+        return buffer is not self.staging
 
     def start(
         self,
@@ -369,6 +375,8 @@ class PipeBroadcast:
 
 class PipeReader:
     """Worker side of the pipe scheme: turns "apply version N" messages into updates."""
+
+    carries_weights = True
 
     def __init__(self, pipe: Connection, timeout: float = 10.0):
         self.link = MPTransport(pipe, timeout)

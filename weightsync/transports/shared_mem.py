@@ -30,9 +30,9 @@ from weightsync.errors import (
     WorkerRejectedError,
 )
 from weightsync.flat import FlatBuffer, FlatLayout, copy_bytes
-from weightsync.strategy import FlatWeights, flatten_weights
 from weightsync.transports.base import Update
 from weightsync.transports.pipe import MPTransport
+from weightsync.weights import FlatWeights, flatten_weights
 
 _INDEX_BITS = 6  # up to 64 buffers per ring
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
@@ -146,6 +146,8 @@ class SharedMemTransport:
         timeout: seconds to wait for workers during registration, or for a free buffer.
     """
 
+    carries_weights = True
+
     def __init__(
         self,
         policy_weights: dict[str, Any] | None = None,
@@ -213,6 +215,10 @@ class SharedMemTransport:
         """A private flat buffer the trainer may keep its model in, so that each snapshot is
         one block copy instead of one copy per tensor."""
         return FlatBuffer.for_weights(weights, shared=False)
+
+    def retired(self, buffer: FlatBuffer) -> bool:
+        """The trainer's private source buffer is never read by workers: never retired."""
+        return False
 
     def send_weights(self, model_id: str, weights: Any) -> None:
         """Publish ``weights`` as the next version (blocking until the snapshot is written)."""
@@ -398,6 +404,8 @@ class SharedMemTransport:
 
 class SharedMemReader:
     """Worker side of the shared-memory transport: adopts the newest published snapshot."""
+
+    carries_weights = True
 
     #: How often (seconds) a polling worker checks whether the trainer is still there.
     LIVENESS_PERIOD_S = 0.2
