@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _shm_entries
+from tests.helpers.shm import leaked_since, shm_entries
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNCS = ("none", "shared-mem", "pipe")
@@ -39,7 +39,7 @@ def run_py(*args: str, timeout: float) -> subprocess.CompletedProcess:
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One multirun of the smoke preset over every sync x strategy: ``(sweep dir, stdout)``."""
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    shm_before = _shm_entries()
+    shm_before = shm_entries()
     result = run_py(
         "-m",
         "experiment=smoke",
@@ -49,7 +49,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         timeout=240,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert _shm_entries() - shm_before == set(), "the sweep left /dev/shm entries behind"
+    assert leaked_since(shm_before) == set(), "the sweep left /dev/shm entries behind"
     return sweep_dir, result.stdout
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from tests.weightsync.models import make_model, perturb, state_of
-from tests.weightsync.spawned import serve_models
-from tests.weightsync.workers import ask
+from tests.helpers.models import make_model, perturb, state_of
+from tests.helpers.spawned import serve_models
+from tests.helpers.workers import ask
 from weightsync import (
     ModelGroup,
     WeightMismatchError,

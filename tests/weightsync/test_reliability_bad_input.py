@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import Processes
-from tests.weightsync.fault_workers import ready_then_serve
-from tests.weightsync.models import make_model, perturb, state_of
-from tests.weightsync.workers import ask
+from tests.helpers.fault_workers import ready_then_serve
+from tests.helpers.models import make_model, perturb, state_of
+from tests.helpers.processes import Processes
+from tests.helpers.workers import ask
 from weightsync import (
     ModelGroup,
     ModelPathError,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.weightsync.fault_workers import fill_version, stress_reader, uniform_model
+from tests.helpers.fault_workers import fill_version, stress_reader, uniform_model
 from weightsync import SyncTimeoutError, WeightSyncScheme
 
 pytestmark = pytest.mark.slow

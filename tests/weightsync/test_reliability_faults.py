@@ -25,9 +25,10 @@ import time
 import pytest
 import torch.multiprocessing as mp
 
-from tests.weightsync.fault_workers import ready_then_serve, trainer_with_workers
-from tests.weightsync.models import make_model, perturb, state_of
-from tests.weightsync.workers import ask
+from tests.helpers.fault_workers import ready_then_serve, trainer_with_workers
+from tests.helpers.models import make_model, perturb, state_of
+from tests.helpers.shm import made_by_another_program, shm_entries
+from tests.helpers.workers import ask
 from weightsync import PeerDiedError, SyncTimeoutError, WeightSyncScheme
 
 pytestmark = pytest.mark.slow
@@ -180,7 +181,8 @@ def test_workers_exit_within_seconds_when_the_trainer_is_killed(procs, backend):
 def test_shared_memory_uses_the_file_descriptor_strategy():
     """The strategy that cannot leak a named segment on SIGKILL (see the module docstring)."""
     assert mp.get_sharing_strategy() == "file_descriptor"
-    assert not [e for e in os.listdir("/dev/shm") if e.startswith("torch_")]
+    named = [e for e in shm_entries() if e.startswith("torch_")]
+    assert not [e for e in named if not made_by_another_program(e)]
     managers = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests.weightsync.distributed_workers import serve_broadcasts
-from tests.weightsync.models import assert_same_state, make_model, perturb, state_of
-from tests.weightsync.workers import expect_reply
+from tests.helpers.distributed_workers import serve_broadcasts
+from tests.helpers.models import assert_same_state, make_model, perturb, state_of
+from tests.helpers.workers import expect_reply
 from weightsync import DistributedWeightSyncScheme, WorkerRejectedError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

@@ -3,8 +3,6 @@ shutdown; model ids as paths on a context. Worker ends run in threads of this pr
 
 from __future__ import annotations
 
-import pickle
-import threading
 from types import SimpleNamespace
 
 import pytest
@@ -12,8 +10,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.weightsync.inprocess import ThreadWorker
-from tests.weightsync.models import make_model, perturb, same_weights
+from tests.helpers.inprocess import ThreadWorker, connected_pair
+from tests.helpers.models import make_model, perturb, same_weights
 from weightsync import (
     ModelPathError,
     SyncTimeoutError,
@@ -28,16 +26,9 @@ BACKENDS = ["pipe", "shared-mem"]
 @pytest.mark.parametrize("strategy", ["state_dict", "tensordict"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_connect_send_receive_shutdown(backend, strategy):
-    trainer_end, worker_end = mp.Pipe()
     trainer_model, worker_model = make_model(0), make_model(1)
-    trainer = WeightSyncScheme.from_backend(backend, strategy=strategy, timeout=5.0)
-    trainer.init_on_sender("policy", model=trainer_model, pipes=[trainer_end])
-    worker = pickle.loads(pickle.dumps(trainer))
-    worker.init_on_receiver("policy", model=worker_model, pipe=worker_end)
-    connecting = threading.Thread(target=worker.connect)
-    connecting.start()
-    trainer.connect()
-    connecting.join(5.0)
+    pair = connected_pair(backend, trainer_model, worker_model, strategy=strategy)
+    trainer, worker = pair.trainer, pair.worker
     assert same_weights(worker_model, trainer_model)  # version 0 after the rendez-vous
     assert worker.receive(timeout=0.01) is False
     for step in range(1, 3):
@@ -52,6 +43,7 @@ def test_connect_send_receive_shutdown(backend, strategy):
     assert worker.closed  # the trainer's shutdown reached the worker
     worker.shutdown()
     assert worker.role is None and trainer.role is None
+    pair.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -94,15 +86,9 @@ def test_model_ids_are_paths_on_the_context(backend, model_id):
         )
 
     trainer_ctx, worker_ctx = world(0), world(1)
-    trainer_end, worker_end = mp.Pipe()
-    trainer = WeightSyncScheme.from_backend(backend, timeout=5.0)
-    trainer.init_on_sender(model_id, trainer_ctx, pipes=[trainer_end])
-    worker = pickle.loads(pickle.dumps(trainer))
-    worker.init_on_receiver(model_id, worker_ctx, pipe=worker_end)
-    connecting = threading.Thread(target=worker.connect)
-    connecting.start()
-    trainer.connect()
-    connecting.join(5.0)
+    pair = connected_pair(
+        backend, model_id=model_id, trainer_context=trainer_ctx, worker_context=worker_ctx
+    )
     parts = {
         "policy": lambda c: c.policy,
         "env.transform[0].module": lambda c: c.env.transform[0].module,
@@ -110,8 +96,7 @@ def test_model_ids_are_paths_on_the_context(backend, model_id):
     }
     for name, get in parts.items():  # the path's model is synced, the others are not
         assert same_weights(get(worker_ctx), get(trainer_ctx)) == (name == model_id), name
-    trainer.shutdown()
-    worker.shutdown()
+    pair.close()
 
 
 def test_a_model_id_that_does_not_resolve_names_the_failing_step():

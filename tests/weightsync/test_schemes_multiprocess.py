@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.weightsync.models import assert_same_state, make_model, perturb, state_of
-from tests.weightsync.workers import ask, serve
+from tests.helpers.models import assert_same_state, make_model, perturb, state_of
+from tests.helpers.workers import ask, serve
 from weightsync import WeightSyncScheme
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]

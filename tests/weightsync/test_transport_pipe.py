@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.weightsync.spawned import echo_transport
+from tests.helpers.spawned import echo_transport
 from weightsync import (
     MPTransport,
     PeerDiedError,

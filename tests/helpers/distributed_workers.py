@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
-from tests.weightsync.models import make_model, state_of
+from tests.helpers.models import make_model, state_of
 
 
 def serve_broadcasts(scheme, worker_id: int, ctl, seed: int = 1) -> None:

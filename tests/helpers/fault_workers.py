@@ -87,7 +87,7 @@ def stress_reader(scheme, pipe, ctl, slow_every: int = 0, slow_s: float = 0.0) -
 def ready_then_serve(scheme, pipe, ctl) -> None:
     """Say ``("ready", pid)`` once imports are done, then run :func:`serve` (the trainer connects
     only when every worker is ready, so the scheme's timeout can be short)."""
-    from tests.weightsync.workers import serve
+    from tests.helpers.workers import serve
 
     ctl.send(("ready", os.getpid()))
     scheme.timeout = max(scheme.timeout, 60.0)  # connect() waits for the slowest sibling to start
@@ -96,7 +96,7 @@ def ready_then_serve(scheme, pipe, ctl) -> None:
 
 def _worker_until_trainer_dies(scheme, pipe) -> None:
     """A grandchild worker: receive until the trainer is gone (PeerDiedError), then exit."""
-    from tests.weightsync.models import make_model
+    from tests.helpers.models import make_model
 
     scheme.init_on_receiver("policy", model=make_model(1), pipe=pipe)
     try:
@@ -109,7 +109,7 @@ def _worker_until_trainer_dies(scheme, pipe) -> None:
 
 def trainer_with_workers(backend: str, num_workers: int, ctl) -> None:
     """Spawn workers, connect, report their pids, then send updates until killed."""
-    from tests.weightsync.models import make_model, perturb
+    from tests.helpers.models import make_model, perturb
 
     ctx = mp.get_context("spawn")
     scheme = WeightSyncScheme.from_backend(backend, timeout=60.0)  # slow nested spawns

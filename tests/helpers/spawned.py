@@ -7,7 +7,7 @@ import time
 
 from torch import nn
 
-from tests.weightsync.models import state_of
+from tests.helpers.models import state_of
 from weightsync import MPTransport
 
 

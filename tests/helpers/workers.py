@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from tests.weightsync.models import make_model, state_of
+from tests.helpers.models import make_model, state_of
 
 
 def serve(scheme, pipe, ctl, model_id: str = "policy", seed: int = 1) -> None:

@@ -1,15 +1,19 @@
-"""Helpers for fast protocol tests: a worker that runs in a thread of the test process, over a
-real pipe and (for shared-mem) real shared memory. Tests that claim something *across processes*
-use the spawned workers of ``workers.py`` instead."""
+"""Helpers for fast protocol tests, both ends in the test process over a real pipe and (for
+shared-mem) real shared memory: a worker in a thread, and a connected trainer/worker pair. Tests
+that claim something *across processes* use the spawned workers of ``workers.py`` instead."""
 
 from __future__ import annotations
 
 import pickle
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import torch.multiprocessing as mp
 from torch import nn
+
+from weightsync import WeightSyncScheme
 
 
 class CountingConnection:
@@ -80,3 +84,48 @@ class ThreadWorker:
         self.thread.join(10)
         assert not self.thread.is_alive(), "worker thread did not stop"
         self.scheme.shutdown()
+
+
+@dataclass
+class ConnectedPair:
+    """A trainer scheme and a worker scheme (one worker, both in this process) over a real pipe,
+    connected: the worker holds the trainer's initial weights."""
+
+    trainer: Any
+    worker: Any
+    trainer_end: Any
+    worker_end: Any
+
+    def close(self) -> None:
+        self.trainer.shutdown()
+        self.worker.shutdown()
+        self.trainer_end.close()
+        self.worker_end.close()
+
+
+def connected_pair(
+    backend: str,
+    trainer_model: Any = None,
+    worker_model: Any = None,
+    *,
+    model_id: str = "policy",
+    trainer_context: Any = None,
+    worker_context: Any = None,
+    timeout: float = 5.0,
+    **scheme_kwargs: Any,
+) -> ConnectedPair:
+    """Build a ``backend`` scheme on the trainer (``init_on_sender``), pickle it to the worker
+    as a spawned worker would get it (``init_on_receiver``), and run both ``connect()`` calls."""
+    trainer_end, worker_end = mp.Pipe()
+    trainer = WeightSyncScheme.from_backend(backend, timeout=timeout, **scheme_kwargs)
+    sender_kwargs = {} if trainer_model is None else {"model": trainer_model}
+    trainer.init_on_sender(model_id, trainer_context, pipes=[trainer_end], **sender_kwargs)
+    worker = pickle.loads(pickle.dumps(trainer))
+    receiver_kwargs = {} if worker_model is None else {"model": worker_model}
+    worker.init_on_receiver(model_id, worker_context, pipe=worker_end, **receiver_kwargs)
+    connecting = threading.Thread(target=worker.connect)
+    connecting.start()
+    trainer.connect()
+    connecting.join(timeout)
+    assert not connecting.is_alive(), "the worker's connect() did not return"
+    return ConnectedPair(trainer, worker, trainer_end, worker_end)

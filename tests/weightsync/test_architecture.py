@@ -1,0 +1,157 @@
+"""The package's layering, read from its import statements, and the transport contracts.
+
+The send path flows one way: schemes -> endpoints -> transports -> flat buffers -> weights. A
+module may import only from its own layer's helpers or from layers below it, so the package has
+no import cycle and a new backend is two transport classes and a small scheme class.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.multiprocessing as mp
+
+from weightsync.transports import (
+    NullReceiver,
+    NullSender,
+    PipeBroadcast,
+    PipeReader,
+    ReceiverTransport,
+    SenderTransport,
+    SharedMemReader,
+    SharedMemTransport,
+)
+from weightsync.transports.distributed import DistributedBroadcast, DistributedReader
+
+PACKAGE = Path(__file__).resolve().parents[2] / "weightsync"
+
+#: Lowest first. A module imports only modules of a lower layer, or of its own package
+#: (``weightsync.transports.pipe`` imports ``weightsync.transports.base``).
+LAYERS = [
+    {"errors"},
+    {"paths", "weights"},
+    {"flat", "strategy"},
+    {"binding", "sources", "group"},
+    {"legacy"},
+    {"transports"},
+    {"endpoints"},
+    {"schemes"},
+    {"__init__"},
+]
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if module.count(".") else "__init__"
+    return next(i for i, layer in enumerate(LAYERS) if top in layer)
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def _imports(path: Path) -> set[str]:
+    """weightsync modules imported at run time (``if TYPE_CHECKING:`` blocks excluded)."""
+    tree = ast.parse(path.read_text())
+    skipped = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for node in ast.walk(block)
+    }
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("weightsync"):
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.startswith("weightsync")}
+    return names
+
+
+def test_every_module_imports_only_from_layers_below_it():
+    modules = _modules()
+    assert {m.split(".")[1] for m in modules if m.count(".")} <= set().union(*LAYERS)
+    upward = []
+    for module, path in modules.items():
+        if module == "weightsync":
+            continue
+        for imported in _imports(path):
+            same_package = imported.split(".")[:2] == module.split(".")[:2]
+            if _layer(imported) >= _layer(module) and not same_package:
+                upward.append(f"{module} imports {imported}")
+    assert not upward, "imports against the layering:\n" + "\n".join(upward)
+
+
+def test_there_is_no_import_cycle():
+    graph = {m: {i for i in _imports(p) if i in _modules()} for m, p in _modules().items()}
+    visiting, done = set(), set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in done:
+            return
+        assert node not in visiting, "import cycle: " + " -> ".join([*path, node])
+        visiting.add(node)
+        for nxt in graph[node]:
+            visit(nxt, [*path, node])
+        visiting.discard(node)
+        done.add(node)
+
+    for module in graph:
+        visit(module, [])
+
+
+def _members(protocol: type) -> set[str]:
+    names = {n for n in vars(protocol) if not n.startswith("_")}
+    return names | set(getattr(protocol, "__annotations__", {}))
+
+
+@pytest.fixture
+def built_transports():
+    """One trainer-side and one worker-side transport of every backend, built for real."""
+    a, b = mp.Pipe()
+    store = DistributedBroadcast(1, timeout=5.0)
+    senders = [PipeBroadcast([a]), SharedMemTransport(), store, NullSender()]
+    receivers = [
+        PipeReader(b),
+        SharedMemReader(b),
+        DistributedReader(0, 1, "127.0.0.1", store.port, 5.0),
+        NullReceiver(),
+    ]
+    yield senders, receivers
+    a.close()
+    b.close()
+
+
+def test_every_transport_implements_its_protocol(built_transports):
+    senders, receivers = built_transports
+    for transports, protocol in ((senders, SenderTransport), (receivers, ReceiverTransport)):
+        for transport in transports:
+            missing = {m for m in _members(protocol) if not hasattr(transport, m)}
+            assert not missing, f"{type(transport).__name__} lacks {sorted(missing)}"
+            assert isinstance(transport, protocol)
+
+
+def test_importing_weightsync_installs_no_global_module_hooks():
+    """torch's global registration hooks are installed by the first synchronised module only."""
+    probe = (
+        "import torch.nn.modules.module as m, weightsync\n"
+        "hooks = lambda: sum(map(len, (m._global_parameter_registration_hooks, "
+        "m._global_buffer_registration_hooks, m._global_module_registration_hooks)))\n"
+        "before = hooks()\n"
+        "from weightsync.binding import BoundModule\n"
+        "import torch\n"
+        "BoundModule(torch.nn.Linear(2, 2))\n"
+        "print(before, hooks())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "3"]
