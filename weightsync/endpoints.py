@@ -169,7 +169,12 @@ class WeightSender(LegacySenderAPI):
                     "scheme the model (init_on_sender(model_id, model=...) or a context)"
                 )
             flat, source = flatten_weights(prepared), None
-        if not self._warned_staging and any(t.is_cuda for t in flat.tensors.values()):
+        # A model bound to a source buffer lives in host memory: only others may be on the GPU.
+        if (
+            source is None
+            and not self._warned_staging
+            and any(t.is_cuda for t in flat.tensors.values())
+        ):
             self._warned_staging = True
             warnings.warn(
                 f"model {self.model_id!r} lives on the GPU; the transport stages its weights "
