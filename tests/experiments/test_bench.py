@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import experiments.config  # noqa: F401  (registers the typed schema Hydra composes into)
 from experiments.bench import BenchConfig, run
 from experiments.bench.harness import measure_case, summarize
 from experiments.bench.models import build_model, checksum, read_stamps, stamp
@@ -22,12 +21,9 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 TINY = dict(models=["tiny"], num_workers=[1], warmup=1, updates=2, flatness_updates=3)
 
 
-def test_experiment_sync_bench_composes_into_a_typed_bench_node():
+def test_the_bench_config_composes_into_a_typed_bench_node():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "config", overrides=["experiment=sync_bench", "sync=shared-mem", "bench.updates=7"]
-        )
-    assert cfg.job == "bench"
+        cfg = compose("bench", overrides=["sync=shared-mem", "bench.updates=7"])
     bench = bench_config(cfg)
     assert isinstance(bench, BenchConfig)
     assert bench.updates == 7
