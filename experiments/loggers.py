@@ -110,7 +110,7 @@ class WandbLogger:
 
 class MLFlowLogger:
     """An MLflow run in the experiment ``exp_name`` of the tracking store at ``tracking_uri``
-    (e.g. ``file:<output dir>/mlruns``; ``mlflow ui --backend-store-uri`` that)."""
+    (e.g. ``sqlite:///<output dir>/mlflow.db``; ``mlflow ui --backend-store-uri`` that)."""
 
     def __init__(self, exp_name: str, tracking_uri: str) -> None:
         self._mlflow = _backend("mlflow", "mlflow")

@@ -98,7 +98,7 @@ def test_wandb_logger_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_mlflow_logger_to_a_file_store(tmp_path: Path) -> None:
     mlflow = pytest.importorskip("mlflow")
-    uri = f"file:{tmp_path / 'mlruns'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logger = MLFlowLogger("weightsync", tracking_uri=uri)
     logger.log_hparams({"learner": {"lr": 5e-4}})
     logger.log_scalar("episode_return", 20.0, step=1024)
