@@ -3,12 +3,15 @@
 Every ``log_every`` iterations (and the last) a progress line is logged, with its ETA: that is all
 a batch job (Slurm, a joblib worker, CI) shows, and what ``run.log`` keeps. When standard error is
 a terminal a one-line bar is also redrawn in place after every iteration, cleared before each log
-line so the two never tangle. No dependency: the bar is a dozen characters of text.
+line so the two never tangle; not in a launcher's worker process (hydra-joblib-launcher), whose
+parallel jobs share the terminal and would draw over each other. No dependency: the bar is a
+dozen characters of text.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import sys
 import time
 from typing import Any, TextIO
@@ -25,7 +28,7 @@ class Progress:
         self.total = total
         self.log_every = log_every
         self.stream = stream if stream is not None else sys.stderr
-        self.interactive = self.stream.isatty()
+        self.interactive = self.stream.isatty() and multiprocessing.parent_process() is None
         self.started = time.perf_counter()
         self._drawn = False
 

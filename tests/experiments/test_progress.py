@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import pty
+import select
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from experiments.progress import Progress
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Terminal(io.StringIO):
@@ -58,3 +66,41 @@ def test_eta_formats_hours() -> None:
     progress = Progress(total=3, log_every=1, stream=io.StringIO())
     progress.started -= 3600  # one iteration took an hour
     assert progress.eta(1).startswith("2:00:0")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_run_py_draws_the_bar_on_a_terminal_and_not_into_a_pipe(tmp_path) -> None:
+    command = [sys.executable, "run.py", "experiment=smoke", "run.total_frames=4096"]
+    master, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [*command, f"hydra.run.dir={tmp_path / 'tty'}"], cwd=ROOT, stdout=terminal, stderr=terminal
+    )
+    os.close(terminal)
+    seen = b""
+    try:
+        while select.select([master], [], [], 120)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every process holding the terminal has exited
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert process.wait(timeout=30) == 0, seen.decode()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    assert "\r[" + "#" * 24 + "] 4/4" in seen.decode()
+
+    piped = subprocess.run(
+        [*command, f"hydra.run.dir={tmp_path / 'pipe'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert piped.returncode == 0 and "\r" not in piped.stdout + piped.stderr
+    assert "iter 4/4 |" in piped.stdout + piped.stderr
