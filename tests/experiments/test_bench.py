@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,19 @@ def test_markdown_marks_failed_cases():
     failed = {"scheme": "pipe", "strategy": "state_dict", "model": "100M", "bytes": 2**20}
     failed |= {"workers": 4, "floor_ms": 45.0, "error": "skipped: needs ~9 GiB"}
     assert "**skipped: needs ~9 GiB**" in markdown([failed], machine_info())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_python_m_experiments_bench_is_the_entry_point(tmp_path):
+    tiny = [f"bench.{key}={value}".replace("'", "") for key, value in TINY.items()]
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.bench", "sync=shared-mem", *tiny,
+         f"hydra.run.dir={tmp_path}"],
+        cwd=CONF.parent, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert (result["scheme"], result["strategy"]) == ("shared-mem", "tensordict")
+    assert (result["model"], result["workers"]) == ("tiny", 1)
+    assert result["checksum_ok"] is True
