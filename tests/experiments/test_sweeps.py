@@ -1,6 +1,6 @@
 """``python run.py -m`` among Hydra's launchers and sweepers, as a user runs it: a parallel
-joblib sweep logging to TensorBoard, a sweep with an invalid job, a short Optuna search, and the
-exit codes of a single run's configuration errors."""
+joblib sweep logging to TensorBoard, a submitit sweep, a sweep with an invalid job, a short
+Optuna search, and the exit codes of a single run's configuration errors."""
 
 from __future__ import annotations
 
@@ -71,6 +71,26 @@ def test_a_joblib_sweep_runs_in_parallel_and_logs_to_tensorboard(tmp_path: Path)
         assert len(list(csv.DictReader(file))) == 2
     assert done.stdout.rstrip().endswith("All 2 jobs completed.")
     assert _shm_entries() - shm_before == set()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_submitit_sweep_runs_each_job_as_a_submitted_job(tmp_path: Path) -> None:
+    """submitit_local: what submitit_slurm does on a cluster, one job per process, here."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    done = run_py(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "sync=pipe",
+        "experiment=smoke",
+        f"hydra.sweep.dir={tmp_path}",
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (job,) = summaries(tmp_path).values()
+    assert job["status"] == "completed" and job["weights_match"] is True
+    assert list((tmp_path / ".submitit").iterdir())  # submitit ran it
+    assert done.stdout.rstrip().endswith("All 1 jobs completed.")
 
 
 @pytest.mark.slow
