@@ -1,50 +1,86 @@
 """Run an experiment: ``python run.py [group=option ...]``; compare with ``python run.py -m ...``.
 
-The config (``conf/``) is composed by Hydra and typed by ``experiments/config.py``; it is
-validated here before any process starts. ``job`` picks what runs: ``train`` (the actor-learner
-loop, experiments/train.py) or ``bench`` (the weight-sync benchmark, experiments/bench/).
+The config (``conf/config.yaml``) is composed by Hydra and typed by ``experiments/config.py``; it
+is validated here before any process starts. ``main`` returns the job's ``objective`` (a field of
+``summary.json``, ``final_return`` by default) to the sweeper, so sweepers that optimise it
+(``hparams_search=ppo_optuna``) can tune the run. Exit codes of a single run: 0 completed,
+1 failed (a worker, an error; Hydra's own composition errors are 1 too), 2 invalid configuration,
+130 interrupted. In a sweep (``-m``) a job that fails or is invalid is recorded in its
+``summary.json`` and the other jobs run; the sweep's comparison names it and exits 1.
+The benchmark has its own entry point: ``python -m experiments.bench``.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from experiments.config import ConfigError, validate
+from experiments.common.config import ConfigError, plain
+from experiments.common.processes import spawnable_start_method
+from experiments.config import validate
+from experiments.metrics import SUMMARY_FILE, write_summary
 from experiments.train import train
 
 EXIT_CONFIG_ERROR = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C
 
+log = logging.getLogger("run")
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         validate(cfg)
     except ConfigError as err:
         print(f"Invalid configuration: {err}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG_ERROR)
+        if not in_sweep:
+            sys.exit(EXIT_CONFIG_ERROR)
+        write_summary(out_dir, {"status": "invalid_config", "error": str(err)})
+        return math.nan  # the other jobs of the sweep run; the comparison names this one
 
-    if cfg.job == "bench":
-        from experiments import bench  # imported on demand: each job loads only what it runs
-
-        bench.run(cfg)
-        return
-
-    hydra_cfg = HydraConfig.get()
-    summary = train(cfg, Path(hydra_cfg.runtime.output_dir))
+    with spawnable_start_method():  # a launcher's own start method (loky) breaks spawn
+        try:
+            summary = train(cfg, out_dir)
+        except Exception as err:
+            if not in_sweep:
+                raise
+            log.exception("job failed")
+            summary = _summary_after(out_dir, err)
     if summary["status"] == "interrupted":
         sys.exit(EXIT_INTERRUPTED)
-    # A failed run ends a single run with an error code; in a sweep the other jobs go on and
-    # the comparison table shows its status.
-    if summary["status"] != "completed" and hydra_cfg.mode == RunMode.RUN:
+    if summary["status"] != "completed" and not in_sweep:
         sys.exit(EXIT_FAILED)
+    return objective(summary, plain(cfg.objective))
+
+
+def objective(summary: dict[str, Any], key: str) -> float:
+    """What the sweeper optimises: ``summary[key]``, NaN for a failed job or a missing value
+    (Optuna records a NaN trial as failed)."""
+    value = summary.get(key)
+    return math.nan if summary["status"] != "completed" or value is None else float(value)
+
+
+def _summary_after(out_dir: Path, err: Exception) -> dict[str, Any]:
+    """The summary a failed job left, or one saying why it left none."""
+    path = out_dir / SUMMARY_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    summary = {"status": "error", "error": f"{type(err).__name__}: {err}"}
+    write_summary(out_dir, summary)
+    return summary
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
-"""The experiment's configuration schema: types and closed choices, then cross-field checks.
+"""The training run's configuration schema: types and closed choices, then cross-field checks.
 
 The dataclasses below are registered in Hydra's ConfigStore as ``schema`` and sit first in
 ``conf/config.yaml``'s defaults list, so every YAML file and command-line override is merged into
 a typed node: a wrong type (``run.num_workers=two``), an unknown key or a value outside a closed
-choice (``device.trainer=tpu``) fails while Hydra composes the config. What a type cannot say
-(at least one worker, CUDA present when asked for, a budget of at least one iteration) is
-checked by :func:`validate`, which ``run.py`` calls before any process starts and which raises a
+choice (``device.trainer=tpu``) fails while Hydra composes the config. Each ``sync`` option
+brings its own schema (``experiments/common/schemes.py``). What a type cannot say (at least one
+worker, CUDA present when asked for, a budget of at least one iteration) is checked by
+:func:`validate`, which ``run.py`` calls before any process starts and which raises a
 :class:`ConfigError` whose one-paragraph message says what is wrong and what is allowed.
+
+Defaults have one source (``experiments/common/config.py``): the constructor of a node's
+``_target_`` where it has one, else the field here.
 """
 
 from __future__ import annotations
@@ -19,10 +23,15 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from experiments.bench.config import BenchConfig
-from experiments.models import ACTIVATIONS
+from experiments.common.config import ConfigError, from_constructor, plain
+from experiments.common.schemes import StrategyConfig
+from experiments.envs import BatchedCartPole
+from experiments.learner import PPOLearner
+from experiments.models import ACTIVATIONS, ActorCritic
 
-JOBS = ("train", "bench")
+MAX_SHARED_MEM_BUFFERS = 64  # weightsync's shared-memory ring indexes its snapshots in 6 bits
+
+__all__ = ["Config", "ConfigError", "plain", "resolve_device", "validate"]
 
 
 class Device(str, Enum):
@@ -33,13 +42,6 @@ class Device(str, Enum):
     auto = "auto"
 
 
-class ExtractAs(str, Enum):
-    """The weight format at weightsync's API boundary."""
-
-    state_dict = "state_dict"
-    tensordict = "tensordict"
-
-
 # Functional form: "continue" is a keyword, and OmegaConf matches config values to member names.
 OnWorkerFailure = Enum("OnWorkerFailure", {"stop": "stop", "continue": "continue"}, type=str)
 OnWorkerFailure.__doc__ = "What the trainer does when a worker dies: stop the run, or go on."
@@ -47,21 +49,16 @@ Activation = Enum("Activation", {name: name for name in ACTIVATIONS}, type=str)
 Activation.__doc__ = "Activation of the policy's hidden layers (see experiments.models)."
 
 
-@dataclass
-class SyncConfig:
-    """A weightsync scheme, built with ``hydra.utils.instantiate`` (see experiments.factory)."""
+class Objective(str, Enum):
+    """``summary.json`` fields that ``run.py`` can return to a sweeper (e.g. optuna)."""
 
-    _target_: str = MISSING
-    timeout: float = 10.0  # seconds any blocking wait on a worker may take
-    reject_non_finite: bool = False  # refuse to publish weights holding NaN or inf
-
-
-@dataclass
-class StrategyConfig:
-    """The weight format, a ``weightsync.WeightStrategy``."""
-
-    _target_: str = "weightsync.WeightStrategy"
-    extract_as: ExtractAs = ExtractAs.state_dict
+    final_return = "final_return"
+    initial_return = "initial_return"
+    frames_per_s = "frames_per_s"
+    wall_time_s = "wall_time_s"
+    sync_latency_p50_ms = "sync_latency_p50_ms"
+    sync_latency_p95_ms = "sync_latency_p95_ms"
+    staleness_mean = "staleness_mean"
 
 
 @dataclass
@@ -69,9 +66,9 @@ class ModelConfig:
     """The policy; the env's observation size and action count are filled in when it is built."""
 
     _target_: str = "experiments.models.ActorCritic"
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    activation: Activation = Activation.tanh
-    orthogonal_init: bool = True
+    hidden_sizes: list[int] = from_constructor(ActorCritic, "hidden_sizes")
+    activation: Activation = from_constructor(ActorCritic, "activation", Activation)
+    orthogonal_init: bool = from_constructor(ActorCritic, "orthogonal_init")
 
 
 @dataclass
@@ -79,16 +76,16 @@ class EnvConfig:
     """Each worker's batched environment; device and seed are filled in per worker."""
 
     _target_: str = "experiments.envs.BatchedCartPole"
-    num_envs: int = 8  # environments per worker
-    max_steps: int = 500  # episode length at which an episode is truncated
+    num_envs: int = 8  # environments per worker (the constructor has no default)
+    max_steps: int = from_constructor(BatchedCartPole, "max_steps")  # episode truncation
 
 
 @dataclass
 class DeviceConfig:
     """Where the trainer learns and where the workers act."""
 
-    trainer: Device = Device.cpu
-    worker: Device = Device.cpu
+    trainer: Device = MISSING  # set by the device option (device=cpu by default)
+    worker: Device = MISSING
 
 
 @dataclass
@@ -96,52 +93,48 @@ class LearnerConfig:
     """The policy-gradient learner; the policy is passed in when it is built."""
 
     _target_: str = "experiments.learner.PPOLearner"
-    lr: float = 5e-4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_coef: float = 0.2
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    epochs: int = 4
-    minibatches: int = 4
-    max_grad_norm: float = 0.5
+    lr: float = from_constructor(PPOLearner, "lr")
+    gamma: float = from_constructor(PPOLearner, "gamma")
+    gae_lambda: float = from_constructor(PPOLearner, "gae_lambda")
+    clip_coef: float = from_constructor(PPOLearner, "clip_coef")
+    ent_coef: float = from_constructor(PPOLearner, "ent_coef")
+    vf_coef: float = from_constructor(PPOLearner, "vf_coef")
+    epochs: int = from_constructor(PPOLearner, "epochs")
+    minibatches: int = from_constructor(PPOLearner, "minibatches")
+    max_grad_norm: float = from_constructor(PPOLearner, "max_grad_norm")
 
 
 @dataclass
 class RunConfig:
     """The actor-learner loop: how many workers, how much experience, how often to sync."""
 
-    num_workers: int = 2
+    num_workers: int = 2  # spawned actor processes
     total_frames: int = MISSING  # set by the experiment preset
     rollout_steps: int = 128  # steps per environment in one rollout
     sync_every: int = 1  # push weights every this many updates
     on_worker_failure: OnWorkerFailure = OnWorkerFailure.stop  # or continue, with the survivors
     log_every: int = 10  # iterations between progress lines
-    torch_threads: int = 1  # intra-op threads per process (trainer and each worker)
+    torch_threads: int = 1  # intra-op threads per process; 2 workers + trainer share 2 cores
     startup_timeout: float = 120.0  # seconds for the workers to spawn and import torch
 
 
 @dataclass
 class Config:
-    """The root of the experiment config; ``job`` picks what ``run.py`` runs."""
+    """The root of the training config (``conf/config.yaml``)."""
 
-    job: str = "train"
     seed: int = 0
-    sync: SyncConfig = field(default_factory=SyncConfig)
+    objective: Objective = Objective.final_return  # what main() returns to a sweeper
+    sync: Any = MISSING  # each sync option brings its own schema
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    bench: BenchConfig = field(default_factory=BenchConfig)  # job=bench (experiment=sync_bench)
+    logger: dict[str, Any] = field(default_factory=dict)  # name -> a _target_ logger config
 
 
 ConfigStore.instance().store(name="schema", node=Config)
-
-
-class ConfigError(ValueError):
-    """A configuration that composes but cannot run; the message says what to change."""
 
 
 def resolve_device(name: Device | str) -> torch.device:
@@ -152,22 +145,8 @@ def resolve_device(name: Device | str) -> torch.device:
     return torch.device(name)
 
 
-def plain(node: Any) -> Any:
-    """A config node as plain Python containers, enums as their names (for pickling, JSON and
-    constructors that expect strings)."""
-    if isinstance(node, DictConfig) or OmegaConf.is_list(node):
-        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
-    return node
-
-
 def validate(cfg: DictConfig) -> None:
     """Check what the schema's types cannot; raise ConfigError naming the key and the fix."""
-    if cfg.job not in JOBS:
-        raise ConfigError(
-            f"job={cfg.job!r} is not a known job. Allowed: {', '.join(JOBS)} (job=train runs the "
-            "actor-learner training loop; job=bench, set by experiment=sync_bench, runs the "
-            "weight-sync benchmark)."
-        )
     for role in ("trainer", "worker"):
         if Device(cfg.device[role]) is Device.cuda and not torch.cuda.is_available():
             raise ConfigError(
@@ -175,11 +154,6 @@ def validate(cfg: DictConfig) -> None:
                 f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). "
                 "Use device=cpu, or device=auto to use CUDA only where it is available."
             )
-    if cfg.job == "train":
-        _validate_training(cfg)
-
-
-def _validate_training(cfg: DictConfig) -> None:
     run, env, learner = cfg.run, cfg.env, cfg.learner
     if OmegaConf.is_missing(run, "total_frames"):
         raise ConfigError(
@@ -208,6 +182,13 @@ def _validate_training(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}={value} is not allowed: it must be a number > 0.")
+    num_buffers = cfg.sync.get("num_buffers")
+    if num_buffers is not None and not 2 <= num_buffers <= MAX_SHARED_MEM_BUFFERS:
+        raise ConfigError(
+            f"sync.num_buffers={num_buffers} is not allowed: the shared-memory ring holds 2 to "
+            f"{MAX_SHARED_MEM_BUFFERS} snapshots. Set sync.num_buffers in that range, or null "
+            "for num_workers + 2."
+        )
     sizes = list(cfg.model.hidden_sizes)
     if not sizes or min(sizes) < 1:
         raise ConfigError(

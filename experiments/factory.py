@@ -1,7 +1,8 @@
-"""Build the experiment's objects from their ``_target_`` configs with ``hydra.utils.instantiate``.
+"""Build the training run's objects from their ``_target_`` configs (``hydra.utils.instantiate``).
 
-Everything a run is made of is named by a ``_target_`` in ``conf/``, so adding a scheme (or a
-model, an environment, a learner) is a YAML file plus a class: nothing here changes. Policy and
+Everything a run is made of is named by a ``_target_`` in ``conf/``, so adding a model, an
+environment or a learner is a YAML file plus a class: nothing here changes (the scheme is built
+by ``experiments.common.schemes.build_scheme``, which the benchmark shares). Policy and
 environment come back as factories (``functools.partial``), which pickle to spawned workers so
 that each builds its own copy.
 """
@@ -15,21 +16,9 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from experiments.config import plain
+from experiments.common.config import plain
 from experiments.learner import PPOLearner
-from weightsync import WeightStrategy, WeightSyncScheme
-
-
-def build_scheme(cfg: DictConfig) -> WeightSyncScheme:
-    """The weight-sync scheme of ``cfg.sync`` using the weight format of ``cfg.strategy``."""
-    strategy: WeightStrategy = instantiate(plain(cfg.strategy))
-    scheme = instantiate(plain(cfg.sync), strategy=strategy.extract_as)
-    if not isinstance(scheme, WeightSyncScheme):
-        raise TypeError(
-            f"sync._target_={cfg.sync._target_!r} built a {type(scheme).__name__}, not a "
-            "weightsync.WeightSyncScheme subclass"
-        )
-    return scheme
+from experiments.loggers import MetricLogger
 
 
 def env_factory(cfg: DictConfig) -> Callable[..., Any]:
@@ -51,3 +40,13 @@ def policy_factory(cfg: DictConfig) -> Callable[[], nn.Module]:
 def build_learner(cfg: DictConfig, policy: nn.Module, seed: int) -> PPOLearner:
     """The learner of ``cfg.learner`` training ``policy``."""
     return instantiate(plain(cfg.learner), model=policy, seed=seed)
+
+
+def build_loggers(cfg: DictConfig) -> list[MetricLogger]:
+    """The loggers of ``cfg.logger`` (``name: {_target_: ...}``), each told the run's config."""
+    loggers = [instantiate(plain(node)) for node in cfg.logger.values()]
+    hparams = plain(cfg)
+    hparams.pop("logger", None)
+    for logger in loggers:
+        logger.log_hparams(hparams)
+    return loggers

@@ -54,7 +54,7 @@ class PPOLearner:
     def __init__(
         self,
         model: ActorCritic,
-        lr: float = 3e-4,
+        lr: float = 5e-4,
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
         clip_coef: float = 0.2,

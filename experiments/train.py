@@ -8,7 +8,8 @@ with the weights they hold, so the data is typically one update old (staleness 1
 ``sync=none`` they never get new weights, their return stays at the initial policy's level and
 the staleness grows with every update. That contrast is the experiment.
 
-Writes ``metrics.jsonl`` (one line per iteration) and ``summary.json`` into ``out_dir``.
+Writes ``metrics.jsonl`` (one line per iteration) and ``summary.json`` into ``out_dir``, and
+hands every line's numbers to the loggers of the ``logger`` group.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from omegaconf import DictConfig
 from torch import nn
 
 from experiments.checksum import weights_checksum
-from experiments.config import plain, resolve_device
-from experiments.factory import build_learner, build_scheme, env_factory, policy_factory
+from experiments.common.config import plain
+from experiments.common.schemes import build_scheme
+from experiments.config import resolve_device
+from experiments.factory import build_learner, build_loggers, env_factory, policy_factory
 from experiments.metrics import MetricsLog, mean, percentile, rounded, write_summary
 from experiments.pool import RunStopped, WorkerPool
+from experiments.progress import Progress
 from experiments.sync import SyncStep, model_bytes
 from experiments.worker import WorkerSpec
 from weightsync import WeightSyncScheme
@@ -59,7 +63,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         scheme.backend, scheme.strategy.extract_as, run.num_workers, num_iterations, out_dir,
     )  # fmt: skip
 
-    metrics = MetricsLog(out_dir)
+    metrics = MetricsLog(out_dir, build_loggers(cfg))
+    progress = Progress(num_iterations, run.log_every)
     tally = Tally()
     status, error, reports = "completed", None, {}
     sync: SyncStep | None = None
@@ -74,6 +79,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         ) as workers:
             sync = SyncStep(workers, policy)
             tally.started = last = time.perf_counter()
+            progress.start()
             workers.request_rollouts()
             for iteration in range(1, num_iterations + 1):
                 # 1. Collect: every worker's rollout, then at once ask for the next one, which
@@ -118,9 +124,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                     "num_workers": len(rollouts),
                 }
                 metrics.write(record)
+                progress.update(record)
                 last = now
-                if iteration % run.log_every == 0 or iteration == num_iterations:
-                    _log_progress(record, num_iterations)
 
             tally.finished = time.perf_counter()
             # After the last update: every worker gets the final weights and proves it.
@@ -136,6 +141,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         status, error = "error", f"{type(err).__name__}: {err}"
         raise
     finally:
+        progress.close()
         metrics.close()
         summary = _summary(
             cfg, scheme, policy, sync, tally, reports, initial_checksum, status, error
@@ -217,20 +223,3 @@ def _which_weights(digest: str, final: str, initial: str) -> str:
     if digest == final:
         return "latest"
     return "initial" if digest == initial else "other"
-
-
-def _log_progress(record: dict[str, Any], num_iterations: int) -> None:
-    """One progress line: where the run is and what it costs."""
-    episode_return = record["episode_return"]
-    latency = record["sync_latency_ms"]
-    log.info(
-        "iter %d/%d | frames %d | return %s | loss %.3f | %.0f frames/s | sync %s | staleness %.1f",
-        record["iteration"],
-        num_iterations,
-        record["frames"],
-        "-" if episode_return is None else f"{episode_return:.1f}",
-        record["loss"],
-        record["frames_per_s"],
-        "-" if latency is None else f"{latency:.2f} ms",
-        record["staleness"],
-    )

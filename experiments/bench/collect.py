@@ -1,6 +1,6 @@
 """Merge the per-job results of a sweep into one table: ``python -m experiments.bench.collect DIR``.
 
-Each job of ``python run.py -m experiment=sync_bench ...`` writes ``results.json`` in its own
+Each job of ``python -m experiments.bench -m ...`` writes ``results.json`` in its own
 output directory; this reads every one under ``DIR`` (the sweep directory Hydra printed), writes
 ``DIR/results.md`` and ``DIR/results.json`` with all cases, and prints the table (the part of
 BENCHMARKS.md that a rerun regenerates).

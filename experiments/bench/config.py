@@ -1,13 +1,24 @@
-"""The settings of the weight-sync benchmark (``experiment=sync_bench``, node ``bench:``)."""
+"""The benchmark's configuration: :class:`BenchConfig` (its settings, node ``bench:``) and the
+root schema of ``conf/bench.yaml``, which ``python -m experiments.bench`` composes.
+
+``BenchConfig``'s fields are the one source of the benchmark's defaults: ``conf/bench.yaml`` only
+picks the ``sync`` and ``strategy`` options and the sync timeout a large update needs.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from experiments.common.schemes import StrategyConfig
 
 
 @dataclass
 class BenchConfig:
-    """What ``python run.py experiment=sync_bench`` measures.
+    """What ``python -m experiments.bench`` measures.
 
     Every job measures one scheme x strategy (the ``sync`` and ``strategy`` groups, or
     ``schemes``/``strategies`` here when run without the framework) for each model in ``models``
@@ -48,3 +59,15 @@ class BenchConfig:
     schemes: list[str] = field(default_factory=lambda: ["none", "shared-mem", "pipe"])
     strategies: list[str] = field(default_factory=lambda: ["state_dict"])
     output_dir: str | None = None
+
+
+@dataclass
+class BenchRoot:
+    """The root of ``conf/bench.yaml``: the scheme under test and the benchmark's settings."""
+
+    sync: Any = MISSING  # each sync option brings its own schema
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+ConfigStore.instance().store(name="bench_schema", node=BenchRoot)

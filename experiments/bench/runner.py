@@ -13,6 +13,7 @@ from experiments.bench.config import BenchConfig
 from experiments.bench.harness import SchemeFactory, measure_case
 from experiments.bench.memory import memcpy_floor_ms
 from experiments.bench.models import BENCH_MODELS
+from experiments.common.schemes import build_scheme
 from weightsync import WeightSyncScheme
 
 
@@ -32,8 +33,6 @@ def scheme_factories(cfg: Any, bench: BenchConfig) -> list[SchemeFactory]:
     """With a framework config: its one scheme (``sync`` x ``strategy``, built by the
     framework's factory). Without: every backend x strategy listed in ``bench``."""
     if getattr(cfg, "sync", None) is not None and getattr(cfg, "strategy", None) is not None:
-        from experiments.factory import build_scheme
-
         return [functools.partial(build_scheme, cfg)]
     return [
         functools.partial(

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-import experiments.config  # noqa: F401  (registers the typed schema Hydra composes into)
 from experiments.bench import BenchConfig, run
 from experiments.bench.harness import measure_case, summarize
 from experiments.bench.models import build_model, checksum, read_stamps, stamp
@@ -22,12 +23,9 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 TINY = dict(models=["tiny"], num_workers=[1], warmup=1, updates=2, flatness_updates=3)
 
 
-def test_experiment_sync_bench_composes_into_a_typed_bench_node():
+def test_the_bench_config_composes_into_a_typed_bench_node():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "config", overrides=["experiment=sync_bench", "sync=shared-mem", "bench.updates=7"]
-        )
-    assert cfg.job == "bench"
+        cfg = compose("bench", overrides=["sync=shared-mem", "bench.updates=7"])
     bench = bench_config(cfg)
     assert isinstance(bench, BenchConfig)
     assert bench.updates == 7
@@ -92,3 +90,19 @@ def test_markdown_marks_failed_cases():
     failed = {"scheme": "pipe", "strategy": "state_dict", "model": "100M", "bytes": 2**20}
     failed |= {"workers": 4, "floor_ms": 45.0, "error": "skipped: needs ~9 GiB"}
     assert "**skipped: needs ~9 GiB**" in markdown([failed], machine_info())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_python_m_experiments_bench_is_the_entry_point(tmp_path):
+    tiny = [f"bench.{key}={value}".replace("'", "") for key, value in TINY.items()]
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.bench", "sync=shared-mem", *tiny,
+         f"hydra.run.dir={tmp_path}"],
+        cwd=CONF.parent, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert (result["scheme"], result["strategy"]) == ("shared-mem", "tensordict")
+    assert (result["model"], result["workers"]) == ("tiny", 1)
+    assert result["checksum_ok"] is True

@@ -7,7 +7,9 @@ import csv
 import json
 from pathlib import Path
 
-from experiments.comparison import compare, markdown_table
+import pytest
+
+from experiments.comparison import _mean_curve, compare, labels, markdown_table
 
 
 def make_job(sweep: Path, name: str, overrides: list[str], summary: dict, returns: list) -> None:
@@ -72,3 +74,54 @@ def test_compare_without_jobs_writes_nothing(tmp_path: Path) -> None:
 def test_markdown_cells() -> None:
     table = markdown_table([{"a": None, "b": 0.000123, "c": 1234567, "d": True}])
     assert table.splitlines()[2] == "| - | 0.000123 | 1,234,567 | True |"
+
+
+def test_jobs_without_a_summary_are_listed_as_failed(tmp_path: Path) -> None:
+    make_job(tmp_path, "0", ["sync=pipe"], summary("pipe"), [20])
+    (tmp_path / "1" / ".hydra").mkdir(parents=True)  # a job that died before writing anything
+    (tmp_path / "1" / ".hydra" / "overrides.yaml").write_text("- sync=none\n")
+    jobs = compare(tmp_path)
+    assert [(job.name, job.summary["status"], job.failed) for job in jobs] == [
+        ("sync=pipe", "completed", False),
+        ("sync=none", "no_summary", True),
+    ]
+
+
+def test_legend_labels_leave_out_the_overrides_every_job_shares(tmp_path: Path) -> None:
+    make_job(tmp_path, "0", ["experiment=smoke", "sync=none"], summary("none"), [20])
+    make_job(tmp_path, "1", ["experiment=smoke", "sync=pipe"], summary("pipe"), [30])
+    assert list(labels(compare(tmp_path)).values()) == ["sync=none", "sync=pipe"]
+
+
+def test_jobs_that_differ_by_seed_only_get_a_mean_and_spread(tmp_path: Path, capsys) -> None:
+    for number, (sync, seed, final) in enumerate(
+        [("pipe", 0, 400.0), ("pipe", 1, 500.0), ("none", 0, 20.0), ("none", 1, 22.0)]
+    ):
+        make_job(
+            tmp_path,
+            str(number),
+            [f"sync={sync}", f"seed={seed}"],
+            summary(sync, final_return=final),
+            [final / 2, final],
+        )
+    compare(tmp_path)
+    with (tmp_path / "comparison_seeds.csv").open() as file:
+        rows = {r["configuration"]: r for r in csv.DictReader(file)}
+    assert set(rows) == {"sync=pipe", "sync=none"}
+    assert (rows["sync=pipe"]["seeds"], rows["sync=pipe"]["completed"]) == ("2", "2")
+    assert float(rows["sync=pipe"]["final_return_mean"]) == 450.0
+    assert float(rows["sync=pipe"]["final_return_std"]) == pytest.approx(70.71, abs=0.01)
+    table = (tmp_path / "comparison_seeds.md").read_text()
+    assert "| sync=none | 2 | 2 | 21 ± 1.41 |" in table
+    assert table in capsys.readouterr().out
+    assert (tmp_path / "comparison.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_sweep_without_seeds_writes_no_seed_table(tmp_path: Path) -> None:
+    make_job(tmp_path, "0", ["sync=none"], summary("none"), [20])
+    compare(tmp_path)
+    assert not (tmp_path / "comparison_seeds.md").exists()
+
+
+def test_mean_curve_averages_the_seeds_that_have_a_value() -> None:
+    assert _mean_curve([[(1, 10.0), (2, 20.0)], [(1, 30.0)]]) == ([1, 2], [20.0, 20.0], [10.0, 0.0])

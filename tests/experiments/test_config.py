@@ -10,14 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from hydra.utils import get_class
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.config import ConfigError, validate
-from experiments.factory import build_scheme, env_factory, policy_factory
+from experiments.common.config import constructor_default, plain
+from experiments.common.schemes import build_scheme
+from experiments.config import ConfigError, RunConfig, validate
+from experiments.factory import env_factory, policy_factory
 from experiments.models import ActorCritic, count_parameters
 from weightsync import (
     MultiProcessWeightSyncScheme,
@@ -28,7 +31,7 @@ from weightsync import (
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
-GROUPS = ("sync", "strategy", "model", "env", "device", "learner", "experiment")
+GROUPS = ("sync", "strategy", "model", "env", "device", "learner", "logger", "experiment")
 SCHEMES = {
     "none": NoWeightSyncScheme,
     "shared-mem": SharedMemWeightSyncScheme,
@@ -76,13 +79,12 @@ def test_the_groups_offer_the_documented_options() -> None:
 def test_every_option_composes_and_validates(make_cfg, group: str, option: str) -> None:
     cfg = make_cfg(f"{group}={option}")
     validate(cfg)
-    assert cfg.job in ("train", "bench")
 
 
 def test_the_default_config_is_a_validated_training_run(make_cfg) -> None:
     cfg = make_cfg()
     validate(cfg)
-    assert cfg.job == "train" and cfg.run.num_workers == 2
+    assert cfg.run.num_workers == 2
     assert get_class(cfg.sync._target_) is MultiProcessWeightSyncScheme
 
 
@@ -146,7 +148,6 @@ def test_unknown_options_and_wrong_types_fail_to_compose(make_cfg, override, exp
         (["model.hidden_sizes=[]"], ["model.hidden_sizes", ">= 1"]),
         (["run.total_frames=100"], ["run.total_frames=100", "2048"]),
         (["learner.minibatches=5000"], ["learner.minibatches=5000", "2048"]),
-        (["job=evaluate"], ["job='evaluate'", "train", "bench"]),
     ],
 )
 def test_values_that_cannot_run_raise_one_paragraph_config_errors(
@@ -195,3 +196,115 @@ def test_run_py_reports_a_config_error_and_starts_nothing(tmp_path) -> None:
     assert result.returncode == 2, result.stderr
     assert "Invalid configuration: run.num_workers=0" in result.stderr
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+# ------------------------------------------------------------- one typed schema per sync option
+def test_each_sync_option_has_its_own_schema_with_its_own_arguments(make_cfg) -> None:
+    cfg = make_cfg("sync=shared-mem", "sync.num_buffers=4", "sync.timeout=2.5")
+    validate(cfg)
+    scheme = build_scheme(cfg)
+    assert type(scheme) is SharedMemWeightSyncScheme
+    assert (scheme.num_buffers, scheme.timeout) == (4, 2.5)
+    assert make_cfg("sync=shared-mem").sync.num_buffers is None  # the library's default
+
+
+def test_torchrl_spelling_shared_mem_is_the_same_option(make_cfg) -> None:
+    assert make_cfg("sync=shared_mem", "sync.num_buffers=3") == make_cfg(
+        "sync=shared-mem", "sync.num_buffers=3"
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["sync=shared-mem", "sync.num_buffers=four"], ["sync.num_buffers", "four", "Integer"]),
+        (["sync=pipe", "sync.num_buffers=4"], ["num_buffers", "PipeSyncConfig"]),
+        (["sync=none", "sync.num_bufers=4"], ["num_bufers", "NoneSyncConfig"]),
+    ],
+)
+def test_a_sync_option_refuses_arguments_its_scheme_does_not_take(
+    make_cfg, overrides, expected
+) -> None:
+    with pytest.raises((HydraException, OmegaConfBaseException)) as info:
+        make_cfg(*overrides)
+    message = f"{info.value} {info.value.__cause__ or ''}"
+    for word in expected:
+        assert word in message, f"{word!r} not in: {message}"
+
+
+@pytest.mark.parametrize("value", [1, 65])
+def test_num_buffers_outside_the_ring_size_is_a_config_error(make_cfg, value) -> None:
+    with pytest.raises(ConfigError, match=f"sync.num_buffers={value} .* 2 to 64"):
+        validate(make_cfg("sync=shared-mem", f"sync.num_buffers={value}"))
+
+
+# ------------------------------------------------------------------------ one source of defaults
+def _schema_defaults(node: DictConfig) -> DictConfig:
+    """The defaults of the schema ``node`` was typed by (its dataclass, fresh)."""
+    return OmegaConf.structured(OmegaConf.get_type(node))
+
+
+def test_the_default_run_takes_every_default_from_one_place(make_cfg) -> None:
+    """Where a node's ``_target_`` has a default for an argument, the composed default run uses
+    exactly it (no YAML or schema value beside it); every other value is the schema's."""
+    cfg = make_cfg()
+    for group in ("sync", "strategy", "model", "env", "learner"):
+        target = get_class(cfg[group]._target_)
+        for key, value in plain(cfg[group]).items():
+            if key == "_target_":
+                continue
+            try:
+                default = constructor_default(target, key)
+            except TypeError:  # the constructor has none: the schema's field is the one source
+                default = plain(_schema_defaults(cfg[group]))[key]
+            if isinstance(default, tuple):
+                default = list(default)
+            assert value == default, (
+                f"{group}.{key}: {value!r} composed, {default!r} is the default"
+            )
+    assert plain(cfg.run) | {"total_frames": None} == plain(OmegaConf.structured(RunConfig)) | {
+        "total_frames": None
+    }
+
+
+def _yaml_values(path: Path) -> dict:
+    """The values a YAML option sets (its defaults list aside), as dotted keys."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw.pop("defaults", None)
+    return {
+        k: v for k, v in _dotted(raw).items() if k != "_target_" and not k.endswith("._target_")
+    }
+
+
+def _dotted(node: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            flat |= _dotted(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(g, o) for g in ("sync", "strategy", "model", "env", "learner") for o in options(g)],
+    ids=lambda x: x,
+)
+def test_no_option_restates_a_default(make_cfg, group, option) -> None:
+    """An option sets only what it changes: a value equal to the default would be a second
+    source that drifts (as PPO's learning rate once did: 3e-4 in one place, 5e-4 in another)."""
+    node = make_cfg(f"{group}={option}")[group]
+    defaults = _dotted(plain(_schema_defaults(node)))
+    for key, value in _yaml_values(CONF / group / f"{option}.yaml").items():
+        assert value != defaults[key], f"{group}/{option}.yaml restates {key}={value!r}"
+
+
+def test_bench_yaml_sets_no_benchmark_setting() -> None:
+    """BenchConfig's fields are the benchmark's one source of defaults."""
+    assert not any(key.startswith("bench.") for key in _yaml_values(CONF / "bench.yaml"))
+
+
+def test_the_training_config_has_no_benchmark_keys(make_cfg) -> None:
+    cfg = make_cfg()
+    assert "bench" not in cfg and "job" not in cfg

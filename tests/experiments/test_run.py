@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers.shm import leaked_since, shm_entries
 
@@ -54,11 +55,15 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 def job_dir(sweep_dir: Path, sync: str, strategy: str) -> Path:
+    """The job directory (named by job number) whose overrides chose ``sync`` and ``strategy``."""
     (found,) = [
         path
         for path in sweep_dir.iterdir()
-        if path.is_dir() and path.name.endswith(f"strategy={strategy},sync={sync}")
+        if (path / ".hydra" / "overrides.yaml").exists()
+        and {f"sync={sync}", f"strategy={strategy}"}
+        <= set(yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()))
     ]
+    assert found.name.isdigit(), f"job directories are named by number only, not {found.name!r}"
     return found
 
 

@@ -1,0 +1,102 @@
+"""The ``sync`` and ``strategy`` config groups: one typed schema per option, and the builder.
+
+Each ``sync`` option has its own dataclass, registered in Hydra's ConfigStore as
+``sync_schema/<name>`` by :func:`sync_schema`, which its YAML file extends
+(``defaults: [/sync_schema/<name>@_here_]``). So each scheme's own arguments are set and checked
+from the command line (``sync=shared-mem sync.num_buffers=4``; ``sync.num_buffers=four`` or a
+key the scheme does not take fails while Hydra composes). A new option is one dataclass here (or
+anywhere imported before composing) and one YAML file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TypeVar
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import instantiate
+from omegaconf import MISSING, DictConfig
+
+from experiments.common.config import from_constructor, plain
+from weightsync import SharedMemWeightSyncScheme, WeightStrategy, WeightSyncScheme
+
+SYNC_SCHEMA_GROUP = "sync_schema"
+Schema = TypeVar("Schema", bound=type)
+
+
+def sync_schema(name: str) -> Callable[[Schema], Schema]:
+    """Register the decorated dataclass as the schema of option ``name`` of the ``sync`` group."""
+
+    def register(cls: Schema) -> Schema:
+        ConfigStore.instance().store(group=SYNC_SCHEMA_GROUP, name=name, node=cls)
+        return cls
+
+    return register
+
+
+@dataclass
+class SyncConfig:
+    """What every scheme takes: its ``timeout`` (seconds any blocking wait on a worker may take
+    before it counts as failed) and ``reject_non_finite`` (refuse to publish weights holding NaN
+    or inf). Defaults are the library's."""
+
+    _target_: str = MISSING
+    timeout: float = from_constructor(WeightSyncScheme, "timeout")
+    reject_non_finite: bool = from_constructor(WeightSyncScheme, "reject_non_finite")
+
+
+@sync_schema("none")
+@dataclass
+class NoneSyncConfig(SyncConfig):
+    """``sync=none``: workers keep their initial weights."""
+
+    _target_: str = "weightsync.NoWeightSyncScheme"
+
+
+@sync_schema("pipe")
+@dataclass
+class PipeSyncConfig(SyncConfig):
+    """``sync=pipe``: one pipe per worker; each worker copies and acknowledges the update."""
+
+    _target_: str = "weightsync.MultiProcessWeightSyncScheme"
+
+
+@sync_schema("shared_mem")
+@dataclass
+class SharedMemSyncConfig(SyncConfig):
+    """``sync=shared-mem`` (or ``shared_mem``): versioned snapshots in shared memory.
+
+    ``num_buffers``: snapshots in the ring (2 to 64); null: ``num_workers + 2``.
+    """
+
+    _target_: str = "weightsync.SharedMemWeightSyncScheme"
+    num_buffers: int | None = from_constructor(SharedMemWeightSyncScheme, "num_buffers")
+
+
+class ExtractAs(str, Enum):
+    """The weight format at weightsync's API boundary."""
+
+    state_dict = "state_dict"
+    tensordict = "tensordict"
+
+
+@dataclass
+class StrategyConfig:
+    """The weight format, a ``weightsync.WeightStrategy``."""
+
+    _target_: str = "weightsync.WeightStrategy"
+    extract_as: ExtractAs = from_constructor(WeightStrategy, "extract_as", ExtractAs)
+
+
+def build_scheme(cfg: DictConfig) -> WeightSyncScheme:
+    """The weight-sync scheme of ``cfg.sync`` using the weight format of ``cfg.strategy``."""
+    strategy: WeightStrategy = instantiate(plain(cfg.strategy))
+    scheme = instantiate(plain(cfg.sync), strategy=strategy.extract_as)
+    if not isinstance(scheme, WeightSyncScheme):
+        raise TypeError(
+            f"sync._target_={cfg.sync._target_!r} built a {type(scheme).__name__}, not a "
+            "weightsync.WeightSyncScheme subclass"
+        )
+    return scheme
