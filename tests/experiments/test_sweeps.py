@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from run import objective
-from tests.conftest import _shm_entries
 from tests.experiments.test_loggers import read_tensorboard_scalars
+from tests.helpers.shm import leaked_since, shm_entries
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ def summaries(sweep_dir: Path) -> dict[str, dict]:
 @pytest.mark.timeout(400)
 def test_a_joblib_sweep_runs_in_parallel_and_logs_to_tensorboard(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    shm_before = _shm_entries()
+    shm_before = shm_entries()
     done = run_py(
         "-m",
         "hydra/launcher=joblib",
@@ -70,7 +70,7 @@ def test_a_joblib_sweep_runs_in_parallel_and_logs_to_tensorboard(tmp_path: Path)
     with (tmp_path / "comparison.csv").open() as file:
         assert len(list(csv.DictReader(file))) == 2
     assert done.stdout.rstrip().endswith("All 2 jobs completed.")
-    assert _shm_entries() - shm_before == set()
+    assert leaked_since(shm_before) == set()
 
 
 @pytest.mark.slow
