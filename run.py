@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from experiments.config import ConfigError, validate
+from experiments.distributed import launch_of, serve_rank
 from experiments.train import train
 
 EXIT_CONFIG_ERROR = 2
@@ -26,6 +27,9 @@ EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
+        launch = launch_of(cfg)  # None for a plain `python run.py`
+        if launch is not None:  # rank 0 trains, every other rank is a worker
+            cfg.run.num_workers = launch.world_size - 1
         validate(cfg)
     except ConfigError as err:
         print(f"Invalid configuration: {err}", file=sys.stderr)
@@ -37,8 +41,11 @@ def main(cfg: DictConfig) -> None:
         bench.run(cfg)
         return
 
+    if launch is not None and launch.rank > 0:
+        serve_rank(cfg, launch)
+        return
     hydra_cfg = HydraConfig.get()
-    summary = train(cfg, Path(hydra_cfg.runtime.output_dir))
+    summary = train(cfg, Path(hydra_cfg.runtime.output_dir), launch)
     if summary["status"] == "interrupted":
         sys.exit(EXIT_INTERRUPTED)
     # A failed run ends a single run with an error code; in a sweep the other jobs go on and
