@@ -57,6 +57,22 @@ class SyncConfig:
 
 
 @dataclass
+class DistributedSyncConfig(SyncConfig):
+    """``sync=distributed``: every field can be set on the command line (``sync.port=29600``).
+
+    None means "from the launch": ``host`` the master address, ``port`` the master port + 1,
+    ``join_timeout`` ``run.startup_timeout``. ``bind`` is this process's own address or network
+    interface (default: torch's choice; ``GLOO_SOCKET_IFNAME`` honoured).
+    """
+
+    _target_: str = "weightsync.DistributedWeightSyncScheme"
+    host: str | None = None
+    port: int | None = None
+    bind: str | None = None
+    join_timeout: float | None = None
+
+
+@dataclass
 class StrategyConfig:
     """The weight format, a ``weightsync.WeightStrategy``."""
 
@@ -138,6 +154,8 @@ class Config:
 
 
 ConfigStore.instance().store(name="schema", node=Config)
+# sync=distributed merges its own fields over SyncConfig (conf/sync/distributed.yaml).
+ConfigStore.instance().store(group="sync", name="distributed_schema", node=DistributedSyncConfig)
 
 
 class ConfigError(ValueError):

@@ -20,17 +20,16 @@ import datetime
 import enum
 import json
 import logging
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
-from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict, TensorDictBase
 
 from experiments.checksum import weights_checksum
-from experiments.config import ConfigError, SyncConfig, plain, resolve_device
+from experiments.config import ConfigError, plain, resolve_device
 from experiments.factory import build_scheme, env_factory, policy_factory
 from experiments.pool import RunStopped, WorkerPool
 from experiments.rollout import collect_rollout
@@ -67,25 +66,6 @@ class Cmd(enum.IntEnum):
     READY = 4  # worker: built, joining the scheme
     ROLLOUT = 5  # worker: a rollout follows (description length, payload length)
     WEIGHTS = 6  # worker: (version, checksum length), the checksum follows
-
-
-@dataclass
-class DistributedSyncConfig(SyncConfig):
-    """``sync=distributed``: every field can be set on the command line (``sync.port=29600``).
-
-    None means "from the launch": ``host`` the master address, ``port`` the master port + 1,
-    ``join_timeout`` ``run.startup_timeout``. ``bind`` is this process's own address or network
-    interface (default: torch's choice; ``GLOO_SOCKET_IFNAME`` honoured).
-    """
-
-    _target_: str = "weightsync.DistributedWeightSyncScheme"
-    host: str | None = None
-    port: int | None = None
-    bind: str | None = None
-    join_timeout: float | None = None
-
-
-ConfigStore.instance().store(group="sync", name="distributed_schema", node=DistributedSyncConfig)
 
 
 def launch_of(cfg: DictConfig, environ: dict[str, str] | None = None) -> LaunchInfo | None:
@@ -196,22 +176,33 @@ class RankPool(WorkerPool):
         self.links: dict[int, Link] = {}
 
     def _start(self) -> None:
+        """Join every worker rank's link (all at once: ranks start in any order), wait for each
+        to be READY, then connect the scheme."""
         store = open_store(
             self.info.master_addr, self.info.master_port + ROLLOUT_PORT_OFFSET, is_master=True,
             timeout=self.startup_timeout,
         )  # fmt: skip
         self._store = store
-        for w in range(len(self.specs)):
-            try:
-                self.links[w] = Link(store, f"experiments/rollouts/{w}", 0,
-                                     timeout=self.startup_timeout, bind=self.bind)  # fmt: skip
-            except RuntimeError as err:
-                raise RunStopped(f"worker {w} (rank {w + 1}) did not join: {err}") from None
-            self.links[w].forget_keys()
+
+        def join(w: int) -> Link:
+            return Link(store, f"experiments/rollouts/{w}", 0, timeout=self.startup_timeout,
+                        bind=self.bind)  # fmt: skip
+
+        with ThreadPoolExecutor(len(self.specs)) as pool:
+            joining = {w: pool.submit(join, w) for w in range(len(self.specs))}
+            for w, future in joining.items():
+                try:
+                    self.links[w] = future.result()
+                except RuntimeError as err:
+                    raise RunStopped(
+                        f"worker {w} (rank {w + 1}) did not join within {self.startup_timeout:g} "
+                        f"s: {_first_line(err)}"
+                    ) from None
         self.active = list(self.links)
         for w in self.active:
             if self._header(w, self.startup_timeout, "start up")[0] != Cmd.READY:
                 raise RunStopped(f"worker {w} sent something other than READY on start-up")
+            self.links[w].forget_keys()  # both ends are up: the rendezvous keys are done with
         self.scheme.init_on_sender(MODEL_ID, model=self.policy)
         self.scheme.connect()
 

@@ -284,6 +284,7 @@ class DistributedSender:
             return
         model_id, version, targets, buffer = self._in_flight
         self._in_flight = None
+        targets = [w for w in targets if w in self.links]  # removed meanwhile: not waited for
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         with self.cond:
