@@ -21,9 +21,10 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
 
     Args:
         num_workers: how many workers join (worker ids ``0..num_workers-1``).
-        host: where the trainer's store listens, as every worker reaches it.
-        port: the store's port; 0 lets the trainer pick a free one (then pickle the scheme to
-            the workers after ``init_on_sender``, which fills it in).
+        host: where the trainer's store listens, as every worker reaches it (None:
+            ``127.0.0.1``).
+        port: the store's port; 0 (or None) lets the trainer pick a free one (then pickle the
+            scheme to the workers after ``init_on_sender``, which fills it in).
         bind: this process's own address or network interface for its links; None (default):
             torch's choice, honouring ``GLOO_SOCKET_IFNAME``. ``init_on_receiver(bind=...)``
             sets it per worker.
@@ -44,8 +45,8 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
     def __init__(
         self,
         num_workers: int = 1,
-        host: str = "127.0.0.1",
-        port: int = 0,
+        host: str | None = "127.0.0.1",
+        port: int | None = 0,
         strategy: str = "state_dict",
         *,
         bind: str | None = None,
@@ -55,8 +56,8 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
     ):
         super().__init__(strategy, **kwargs)
         self.num_workers = num_workers
-        self.host = host
-        self.port = port
+        self.host = host or "127.0.0.1"
+        self.port = port or 0
         self.bind = bind
         self.join_timeout = self.timeout if join_timeout is None else join_timeout
         self.worker_id = worker_id
