@@ -358,6 +358,7 @@ class DistributedReceiver:
         self._ready: Update | None = None  # complete, not handed out yet
         self._taken: Update | None = None  # handed out, not answered yet
         self._active: FlatBuffer | None = None  # the buffer the model uses
+        self._held = -1  # the version the model holds (its buffer is _active)
         self._buffers: list[FlatBuffer] = []  # of the current layout
         self._layout: tuple[Any, list[str]] | None = None
         self._answer_lock = threading.Lock()
@@ -392,7 +393,9 @@ class DistributedReceiver:
 
     def acknowledge(self, update: Update) -> None:
         with self._cond:
-            self._active, self._taken = update.buffer, None
+            if update.version > self._held:  # an older one is only answered, never adopted
+                self._active, self._held = update.buffer, update.version
+            self._taken = None
             self._cond.notify_all()
         self._answer(header(Msg.APPLIED, update.version))
 
