@@ -20,7 +20,12 @@ from tests.weightsync.distributed_workers import (
 )
 from tests.weightsync.models import assert_same_state, make_model, perturb, state_of
 from tests.weightsync.workers import ask, expect_reply
-from weightsync import DistributedWeightSyncScheme, PeerDiedError, WorkerRejectedError
+from weightsync import (
+    DistributedWeightSyncScheme,
+    PeerDiedError,
+    SyncTimeoutError,
+    WorkerRejectedError,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -200,3 +205,27 @@ def test_an_idle_worker_costs_no_measurable_cpu(procs):
     assert used < 0.1, f"an idle worker used {used:.2f} s of CPU in 2 s"
     scheme.shutdown()
     assert expect_reply(ctl, "see the trainer close") == ("gone", "closed")
+
+
+def test_bind_takes_an_interface_name(procs):
+    trainer_model = make_model(seed=0)
+    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30, bind="lo")
+    scheme.init_on_sender("policy", model=trainer_model)
+    [(process, ctl)] = _start_workers(procs, scheme, ["lo"])
+    scheme.connect()
+    _, version, state = expect_reply(ctl, "report")
+    assert version == 1
+    assert_same_state(state, state_of(trainer_model))
+    assert local_addresses(process.pid) == {"127.0.0.1"}  # lo's address
+    scheme.shutdown()
+    assert ask(ctl, "stop") == ("closed",)
+
+
+def test_without_bind_gloo_socket_ifname_is_honoured(monkeypatch):
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "nosuch0")
+    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=5)
+    scheme.init_on_sender("policy", model=make_model(seed=0))
+    with pytest.raises(SyncTimeoutError, match="nosuch0") as info:
+        scheme.connect()  # the trainer's own link cannot bind the interface it was told to use
+    assert info.value.workers == [0]
+    scheme.shutdown()

@@ -109,7 +109,7 @@ class _TrainerLink:
                 bind=owner.bind,
             )  # fmt: skip
         except RuntimeError as err:
-            self._fail(f"did not join within {owner.join_timeout:g} s ({_first_line(err)})")
+            self._fail(f"could not join within {owner.join_timeout:g} s: {_first_line(err)}")
             self.ended.set()
             return
         with owner.cond:
