@@ -229,3 +229,32 @@ def test_without_bind_gloo_socket_ifname_is_honoured(monkeypatch):
         scheme.connect()  # the trainer's own link cannot bind the interface it was told to use
     assert info.value.workers == [0]
     scheme.shutdown()
+
+
+def test_a_stopped_worker_is_named_after_the_timeout_and_catches_up_when_resumed(procs):
+    trainer_model = make_model(seed=0)
+    scheme = DistributedWeightSyncScheme(num_workers=2, timeout=2.0, join_timeout=60)
+    scheme.init_on_sender("policy", model=trainer_model)
+    workers = _start_workers(procs, scheme, [None, None])
+    scheme.connect()
+    for _, ctl in workers:
+        expect_reply(ctl, "report")
+    stopped, ctl = workers[1]
+    os.kill(stopped.pid, signal.SIGSTOP)  # hung: alive, but its receiving thread cannot answer
+    try:
+        perturb(trainer_model, 1)
+        with pytest.raises(SyncTimeoutError, match="worker 1 did not receive version 2") as info:
+            scheme.send()
+        assert info.value.workers == [1]
+        assert scheme.get_sender().acked_versions == {0: 1, 1: None}  # 0 adopts 2 at receive()
+        perturb(trainer_model, 2)  # the stopped worker may still read version 2's buffer...
+    finally:
+        os.kill(stopped.pid, signal.SIGCONT)
+    scheme.send()  # ...so version 3 went out from a fresh one; both workers now hold it
+    for _, ctl in workers:
+        _, version, state = ask(ctl, "receive", 5.0)
+        assert version == 3
+        assert_same_state(state, state_of(trainer_model))
+    scheme.shutdown()
+    for _, ctl in workers:
+        assert ask(ctl, "stop") == ("closed",)
