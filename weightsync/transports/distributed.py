@@ -27,7 +27,12 @@ from typing import Any
 
 import torch
 
-from weightsync.errors import PeerDiedError, SyncTimeoutError, WorkerRejectedError
+from weightsync.errors import (
+    PeerDiedError,
+    SyncTimeoutError,
+    WeightSyncError,
+    WorkerRejectedError,
+)
 from weightsync.flat import FlatBuffer
 from weightsync.strategy import FlatWeights
 from weightsync.transports.base import Update
@@ -353,7 +358,7 @@ class DistributedReceiver:
         self.model_id = ""
         self._cond = threading.Condition()
         self._closed = False
-        self._error: PeerDiedError | SyncTimeoutError | None = None
+        self._error: WeightSyncError | None = None
         self._waiting = False  # the main thread is blocked in poll()
         self._ready: Update | None = None  # complete, not handed out yet
         self._taken: Update | None = None  # handed out, not answered yet
@@ -439,6 +444,9 @@ class DistributedReceiver:
                 )
             )
             return
+        except ValueError as err:  # a layout that does not parse: nothing more can be trusted
+            self._stop(WeightSyncError(f"worker {self.worker_id} stops receiving: {err}"))
+            return
         self._stop(None)
 
     def _receive_one(self, link: Link) -> bool:
@@ -490,7 +498,7 @@ class DistributedReceiver:
             except RuntimeError as err:
                 self._stop(PeerDiedError(f"worker {self.worker_id} lost the trainer: {err}"))
 
-    def _stop(self, error: PeerDiedError | SyncTimeoutError | None) -> None:
+    def _stop(self, error: WeightSyncError | None) -> None:
         with self._cond:
             if error is None:
                 self._closed = True
