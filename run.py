@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from experiments.common.config import ConfigError, plain
 from experiments.common.processes import spawnable_start_method
 from experiments.config import validate
+from experiments.distributed import launch_of, serve_rank
 from experiments.metrics import SUMMARY_FILE, write_summary
 from experiments.train import train
 
@@ -43,6 +44,9 @@ def main(cfg: DictConfig) -> float:
     out_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
+        launch = launch_of(cfg)  # None for a plain `python run.py`
+        if launch is not None:  # rank 0 trains, every other rank is a worker
+            cfg.run.num_workers = launch.world_size - 1
         validate(cfg)
     except ConfigError as err:
         print(f"Invalid configuration: {err}", file=sys.stderr)
@@ -52,8 +56,11 @@ def main(cfg: DictConfig) -> float:
         return math.nan  # the other jobs of the sweep run; the comparison names this one
 
     with spawnable_start_method():  # a launcher's own start method (loky) breaks spawn
+        if launch is not None and launch.rank > 0:
+            serve_rank(cfg, launch)  # a worker rank: collects until rank 0 is done
+            return math.nan
         try:
-            summary = train(cfg, out_dir)
+            summary = train(cfg, out_dir, launch)
         except Exception as err:
             if not in_sweep:
                 raise

@@ -168,11 +168,15 @@ class WorkerPool:
         log.warning("going on without worker(s) %s: %s", workers, reason)
         self.active = [w for w in self.active if w not in workers]
         self.scheme.get_sender().remove_workers(workers)
+        self._release(workers)
+        if not self.active:
+            raise RunStopped(f"no workers left: {reason}")
+
+    def _release(self, workers: list[int]) -> None:
+        """Let go of dropped workers: close their data pipes and kill their processes."""
         for w in workers:
             self._data[w].close()
             self._processes[w].kill()
-        if not self.active:
-            raise RunStopped(f"no workers left: {reason}")
 
     def drop_dead(self) -> None:
         """Drop workers whose process has exited, before a send would find out the hard way."""

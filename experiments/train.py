@@ -28,6 +28,7 @@ from experiments.checksum import weights_checksum
 from experiments.common.config import plain
 from experiments.common.schemes import build_scheme
 from experiments.config import resolve_device
+from experiments.distributed import RankPool, build_launched_scheme
 from experiments.factory import build_learner, build_loggers, env_factory, policy_factory
 from experiments.metrics import MetricsLog, mean, percentile, rounded, write_summary
 from experiments.pool import RunStopped, WorkerPool
@@ -35,14 +36,18 @@ from experiments.progress import Progress
 from experiments.sync import SyncStep, model_bytes
 from experiments.worker import WorkerSpec
 from weightsync import WeightSyncScheme
+from weightsync.launch import LaunchInfo
 
 log = logging.getLogger(__name__)
 
 RETURN_WINDOW = 50  # episodes averaged for the initial and the final return
 
 
-def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run one training job as ``cfg`` says (validated); return the summary it wrote."""
+def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> dict[str, Any]:
+    """Run one training job as ``cfg`` says (validated); return the summary it wrote.
+
+    ``launch``: this process is rank 0 of a torchrun/Slurm launch, whose other ranks are the
+    workers (experiments/distributed.py); None: the workers are spawned here."""
     run = cfg.run
     torch.set_num_threads(run.torch_threads)
     make_env, make_policy = env_factory(cfg), policy_factory(cfg)
@@ -50,7 +55,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     policy = make_policy().to(resolve_device(cfg.device.trainer))
     initial_checksum = weights_checksum(policy)
     learner = build_learner(cfg, policy, seed=cfg.seed)
-    scheme = build_scheme(cfg)
+    scheme = build_scheme(cfg) if launch is None else build_launched_scheme(cfg, launch)
     worker_device = str(resolve_device(cfg.device.worker))
     specs = [
         WorkerSpec(w, make_env, make_policy, run.rollout_steps, worker_device, cfg.seed,
@@ -69,14 +74,16 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     status, error, reports = "completed", None, {}
     sync: SyncStep | None = None
     try:
-        with WorkerPool(
-            specs,
-            scheme,
-            policy,
-            timeout=cfg.sync.timeout,
-            startup_timeout=run.startup_timeout,
-            on_worker_failure=plain(run.on_worker_failure),
-        ) as workers:
+        limits = {
+            "timeout": cfg.sync.timeout,
+            "startup_timeout": run.startup_timeout,
+            "on_worker_failure": plain(run.on_worker_failure),
+        }
+        if launch is None:  # workers are processes spawned here
+            pool = WorkerPool(specs, scheme, policy, **limits)
+        else:  # workers are the other ranks of the launch, on any machine
+            pool = RankPool(launch, scheme, policy, bind=cfg.sync.get("bind"), **limits)
+        with pool as workers:
             sync = SyncStep(workers, policy)
             tally.started = last = time.perf_counter()
             progress.start()

@@ -38,7 +38,8 @@ class BenchConfig:
         flatness_updates: extra updates (blocking sends, each verified) sent before reading the
             workers' memory again, to check it stays flat; only for models of at most
             ``flatness_max_mb`` (1000 updates of the 100M model would take minutes).
-        floor_repeats: repetitions of the single-threaded memcpy that measures the floor.
+        floor_repeats: repetitions of the copies that measure the memcpy floor (and, for
+            ``distributed``, of the raw gloo broadcast that measures the medium's limit).
         timeout_s: the scheme's timeout, and how long to wait for a worker's report.
         schemes, strategies: used only when the config has no ``sync``/``strategy`` node.
         output_dir: where ``results.json`` and ``results.md`` go (default: the Hydra job's

@@ -16,6 +16,7 @@ coalesce. Times are ``time.perf_counter_ns`` (CLOCK_MONOTONIC, the same clock in
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from torch import nn
 
 from experiments.bench import worker as W
 from experiments.bench.config import BenchConfig
+from experiments.bench.limits import gloo_broadcast_ms
 from experiments.bench.memory import memcpy_floor_ms, rss_mb
 from experiments.bench.models import build_model, checksum, input_size, stamp
 from weightsync import WeightSyncScheme
@@ -43,6 +45,13 @@ def summarize(values_ms: list[float]) -> dict[str, float] | None:
     return {"median": statistics.median(ordered), "p95": p95, "n": len(ordered)}
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def model_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
@@ -54,7 +63,7 @@ def shared_bytes(scheme: WeightSyncScheme) -> int:
     for ring in getattr(transport, "rings", {}).values():
         total += sum(b.data.numel() * b.data.element_size() for b in ring.buffers)
     staging = getattr(transport, "staging", None)
-    if staging is not None:
+    if staging is not None and staging.data.is_shared():
         total += staging.data.numel() * staging.data.element_size()
     return total
 
@@ -68,6 +77,8 @@ class _Case:
         self.cfg, self.num_workers = cfg, num_workers
         self.scheme = make_scheme()
         self.backend = type(self.scheme).backend
+        if self.backend == "distributed":  # its workers must know the store's port when spawned
+            self.scheme.num_workers, self.scheme.port = num_workers, free_port()
         self.strategy = self.scheme.strategy.extract_as
         self.report = torch.zeros((num_workers, W.REPORT_COLUMNS), dtype=torch.int64)
         self.report.share_memory_()
@@ -259,4 +270,7 @@ def measure_case(
     if fresh:
         result["gb_per_s"] = nbytes / (fresh["median"] / 1e3) / 1e9
         result["x_floor"] = fresh["median"] / floor_ms
+        if case.backend == "distributed":  # the medium's own limit, measured now
+            result["gloo_ms"] = gloo_broadcast_ms(nbytes, num_workers, cfg.floor_repeats)
+            result["x_gloo"] = fresh["median"] / result["gloo_ms"]
     return result

@@ -29,6 +29,8 @@ COLUMNS = (
     "shared MB",
     "RSS growth MB anon / shm (updates)",
     "verified in worker",
+    "raw gloo broadcast ms",
+    "x gloo",
 )
 
 
@@ -65,7 +67,7 @@ def _pair(stats: dict[str, float] | None) -> str:
 def _row(r: dict[str, Any]) -> list[str]:
     head = [r["scheme"], r["strategy"], r["model"], f"{r['bytes'] / 2**20:.0f}", str(r["workers"])]
     if "error" in r:
-        return [*head, f"{r.get('floor_ms', 0):.2f}", f"**{r['error']}**", *[""] * 10]
+        return [*head, f"{r.get('floor_ms', 0):.2f}", f"**{r['error']}**", *[""] * 12]
     blocking, async_ = r["blocking"], r["async"]
     mem = r["memory"]
     anon = max(mem["worker_extra_anon_mb"], default=0.0)
@@ -96,6 +98,8 @@ def _row(r: dict[str, Any]) -> list[str]:
         f"{mem['shared_mb']:.0f}",
         growth,
         verified,
+        f"{r['gloo_ms']:.2f}" if "gloo_ms" in r else "n/a",
+        f"{r['x_gloo']:.2f}" if "x_gloo" in r else "n/a",
     ]
 
 

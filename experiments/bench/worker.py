@@ -44,7 +44,7 @@ def run_worker(
         model = build_model(model_name, seed=1000 + worker_id)
         model.requires_grad_(False)
         row[PHASE] = BUILT
-        scheme.init_on_receiver("policy", model=model, pipe=pipe)
+        scheme.init_on_receiver("policy", model=model, pipe=pipe, worker_id=worker_id)
         scheme.connect()
         receiver = scheme.get_receiver()
         row[PHASE] = CONNECTED

@@ -75,6 +75,23 @@ class SharedMemSyncConfig(SyncConfig):
     num_buffers: int | None = from_constructor(SharedMemWeightSyncScheme, "num_buffers")
 
 
+@sync_schema("distributed")
+@dataclass
+class DistributedSyncConfig(SyncConfig):
+    """``sync=distributed``: workers on other machines, under torchrun or Slurm.
+
+    None means "from the launch": ``host`` the master address, ``port`` the master port + 1,
+    ``join_timeout`` ``run.startup_timeout``. ``bind`` is this process's own address or network
+    interface (default: torch's choice; ``GLOO_SOCKET_IFNAME`` honoured).
+    """
+
+    _target_: str = "weightsync.DistributedWeightSyncScheme"
+    host: str | None = None
+    port: int | None = None
+    bind: str | None = None
+    join_timeout: float | None = None
+
+
 class ExtractAs(str, Enum):
     """The weight format at weightsync's API boundary."""
 

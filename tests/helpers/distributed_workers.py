@@ -1,10 +1,17 @@
-"""Worker process for the distributed-scheme tests (importable by spawned children)."""
+"""Worker and trainer processes for the distributed-scheme tests (importable by spawned children),
+and what a test reads about a process from /proc (its CPU time, its sockets' local addresses)."""
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
+import time
+
 import torch.distributed as dist
 
-from tests.helpers.models import make_model, state_of
+from tests.helpers.models import make_model, perturb, state_of
+from weightsync import DistributedWeightSyncScheme, PeerDiedError
 
 
 def serve_broadcasts(scheme, worker_id: int, ctl, seed: int = 1) -> None:
@@ -26,3 +33,90 @@ def serve_broadcasts(scheme, worker_id: int, ctl, seed: int = 1) -> None:
         scheme.shutdown()
     except Exception as err:
         ctl.send(("error", type(err).__name__, str(err)))
+
+
+def serve_commands(scheme, worker_id: int, bind: str | None, ctl, seed: int = 1) -> None:
+    """Join (binding ``bind``), take the initial weights, then obey commands on ``ctl``:
+
+    ``("receive", timeout)`` -> ``("state", version, state)`` after one ``receive``;
+    ``("busy", seconds)`` -> act without receiving for that long, then ``("done",)``;
+    ``("follow",)`` -> receive until the trainer is gone or closes, then ``("gone", error type)``;
+    ``("stop",)`` -> shut down and ``("closed",)``. Anything raised: ``("error", type, msg)``.
+    """
+    try:
+        model = make_model(seed)
+        scheme.init_on_receiver("policy", model=model, worker_id=worker_id, bind=bind)
+        scheme.connect()
+        receiver = scheme.get_receiver()
+        ctl.send(("state", receiver.version, state_of(model)))
+        while True:
+            command, *args = ctl.recv()
+            if command == "receive":
+                scheme.receive(args[0])
+                ctl.send(("state", receiver.version, state_of(model)))
+            elif command == "busy":
+                time.sleep(args[0])  # a long rollout: no receive() meanwhile
+                ctl.send(("done",))
+            elif command == "follow":
+                try:
+                    while not scheme.closed:
+                        scheme.receive(0.5)
+                    ctl.send(("gone", "closed"))
+                except PeerDiedError as err:
+                    ctl.send(("gone", type(err).__name__))
+                return
+            elif command == "stop":
+                scheme.shutdown()
+                ctl.send(("closed",))
+                return
+    except Exception as err:
+        ctl.send(("error", type(err).__name__, str(err)))
+
+
+def run_trainer(num_workers: int, timeout: float, ctl) -> None:
+    """A trainer process: picks a free port, reports it, connects, then sends on ``("send",)``."""
+    try:
+        model = make_model(0)
+        scheme = DistributedWeightSyncScheme(
+            num_workers=num_workers, timeout=timeout, join_timeout=60
+        )
+        scheme.init_on_sender("policy", model=model)
+        ctl.send(("port", scheme.port))
+        scheme.connect()
+        ctl.send(("connected",))
+        step = 0
+        while True:
+            ctl.recv()
+            step += 1
+            perturb(model, step)
+            scheme.send()
+            ctl.send(("sent", scheme.get_sender().version))
+    except Exception as err:
+        ctl.send(("error", type(err).__name__, str(err)))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by every thread of process ``pid``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def local_addresses(pid: int) -> set[str]:
+    """The local IPv4 addresses of the TCP sockets process ``pid`` holds."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    addresses = set()
+    with open(f"/proc/{pid}/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                raw = int(fields[1].split(":")[0], 16)
+                addresses.add(socket.inet_ntoa(struct.pack("<I", raw)))
+    return addresses

@@ -6,7 +6,10 @@ the test only if nothing shows it belongs to another program:
 
 * it is still there after a second look (torch's ``file_descriptor`` sharing creates and unlinks
   its entries at once: one seen in flight is not a leak);
-* it is a file (this project never creates directories there; joblib's memmapping folders are);
+* it is a file (this project never creates directories there; joblib's memmapping folders are)
+  and not a named semaphore (``sem.*``: multiprocessing's and loky's locks and queues; weightsync
+  creates none, their creator cannot be told from the name, and multiprocessing's resource
+  tracker unlinks them when their program ends);
 * no live process of another session holds it open or mapped, and a ``torch_<pid>_...`` name does
   not embed the pid of a live process of another session. Every process a test starts (spawned
   workers, ``run.py`` subprocesses and their workers) shares the test process's session.
@@ -58,7 +61,7 @@ def _held_by_other_sessions(names: set[str]) -> set[str]:
 def made_by_another_program(name: str) -> bool:
     """Whether the entry's name or type says another program made it."""
     path = os.path.join(SHM_DIR, name)
-    if os.path.isdir(path):
+    if os.path.isdir(path) or name.startswith("sem."):
         return True
     match = _TORCH_PID.match(name)
     if match is None:

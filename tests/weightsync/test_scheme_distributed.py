@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import time
+
 import pytest
 import torch
 import torch.distributed as dist
 
-from tests.helpers.distributed_workers import serve_broadcasts
+from tests.helpers.distributed_workers import (
+    cpu_seconds,
+    local_addresses,
+    run_trainer,
+    serve_broadcasts,
+    serve_commands,
+)
 from tests.helpers.models import assert_same_state, make_model, perturb, state_of
-from tests.helpers.workers import expect_reply
-from weightsync import DistributedWeightSyncScheme, WorkerRejectedError
+from tests.helpers.workers import ask, expect_reply
+from weightsync import (
+    DistributedWeightSyncScheme,
+    PeerDiedError,
+    SyncTimeoutError,
+    WorkerRejectedError,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -72,3 +88,173 @@ def test_a_misfit_update_is_refused_and_the_worker_keeps_its_weights(procs):
     assert not torch.equal(state["head.weight"], before["head.weight"])
     scheme.shutdown()
     assert expect_reply(here, "report") == ("closed",)
+
+
+def _start_workers(procs, scheme, binds):
+    controls = []
+    for w, bind in enumerate(binds):
+        here, there = procs.pipe()
+        controls.append((procs.start(serve_commands, scheme, w, bind, there), here))
+    return controls
+
+
+def test_workers_bind_their_own_addresses_not_the_trainers(procs):
+    """Distinct loopback addresses stand in for hosts: the store listens on 127.0.0.1 only,
+    each worker's link binds the worker's own address."""
+    trainer_model = make_model(seed=0)
+    scheme = DistributedWeightSyncScheme(num_workers=2, host="127.0.0.1", timeout=30)
+    scheme.init_on_sender("policy", model=trainer_model)
+    with pytest.raises(OSError):  # the store listens on the address it was given, only there
+        socket.create_connection(("127.0.0.2", scheme.port), timeout=5).close()
+    workers = _start_workers(procs, scheme, ["127.0.0.2", "127.0.0.3"])
+    scheme.connect()
+    perturb(trainer_model, 1)
+    scheme.send()
+    for (process, ctl), address in zip(workers, ["127.0.0.2", "127.0.0.3"], strict=True):
+        expect_reply(ctl, "report")
+        _, version, state = ask(ctl, "receive", 5.0)
+        assert version == 2
+        assert_same_state(state, state_of(trainer_model))
+        assert address in local_addresses(process.pid)
+    # Rendezvous keys go once each link is up: the store keeps nothing per worker or version.
+    assert scheme._transport.store.list_keys() == []
+    scheme.shutdown()
+    for _, ctl in workers:
+        assert ask(ctl, "stop") == ("closed",)
+
+
+def test_a_worker_busy_for_three_timeouts_neither_stalls_sends_nor_is_called_dead(procs):
+    timeout = 1.0
+    trainer_model = make_model(seed=0)
+    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=timeout, join_timeout=60)
+    scheme.init_on_sender("policy", model=trainer_model)
+    [(_, ctl)] = _start_workers(procs, scheme, [None])
+    scheme.connect()
+    expect_reply(ctl, "report")
+    ctl.send(("busy", 3 * timeout))
+    for step in (1, 2):  # both complete while the worker acts: its receiving thread has them
+        perturb(trainer_model, step)
+        scheme.send()
+    assert not ctl.poll(0), "send() waited for the busy worker"
+    assert scheme.get_sender().acked_versions == {0: 1}  # it holds version 1 until it adopts
+    assert expect_reply(ctl, "finish its rollout") == ("done",)
+    _, version, state = ask(ctl, "receive", 0.0)
+    assert version == 3  # the newest complete version, adopted without waiting
+    assert_same_state(state, state_of(trainer_model))
+    scheme.shutdown()
+    assert ask(ctl, "stop") == ("closed",)
+
+
+def test_a_killed_worker_is_named_and_the_survivors_keep_receiving(procs):
+    trainer_model = make_model(seed=0)
+    scheme = DistributedWeightSyncScheme(num_workers=2, timeout=30)
+    scheme.init_on_sender("policy", model=trainer_model)
+    workers = _start_workers(procs, scheme, [None, None])
+    scheme.connect()
+    for _, ctl in workers:
+        expect_reply(ctl, "report")
+    victim, _ = workers[1]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(10)
+    with pytest.raises(PeerDiedError, match="worker 1") as info:
+        scheme.send()  # named from its broken connection, long before the 30 s timeout
+    assert info.value.workers == [1]
+    scheme.get_sender().remove_workers([1])
+    perturb(trainer_model, 1)
+    scheme.send()
+    _, ctl = workers[0]
+    _, version, state = ask(ctl, "receive", 5.0)
+    assert version == 3
+    assert_same_state(state, state_of(trainer_model))
+    scheme.shutdown()
+    assert ask(ctl, "stop") == ("closed",)
+
+
+def test_every_worker_exits_when_the_trainer_is_killed(procs):
+    timeout = 10.0
+    trainer_ctl, there = procs.pipe()
+    trainer = procs.start(run_trainer, 2, timeout, there)
+    _, port = expect_reply(trainer_ctl, "pick a port")
+    scheme = DistributedWeightSyncScheme(num_workers=2, port=port, timeout=timeout, join_timeout=60)
+    workers = _start_workers(procs, scheme, [None, None])
+    assert expect_reply(trainer_ctl, "connect") == ("connected",)
+    for _, ctl in workers:
+        expect_reply(ctl, "report")
+        ctl.send(("follow",))
+    os.kill(trainer.pid, signal.SIGKILL)
+    for process, ctl in workers:
+        assert expect_reply(ctl, "notice the trainer died", timeout=timeout) == (
+            "gone",
+            "PeerDiedError",
+        )
+        process.join(timeout)
+        assert process.exitcode == 0
+
+
+def test_an_idle_worker_costs_no_measurable_cpu(procs):
+    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30)
+    scheme.init_on_sender("policy", model=make_model(seed=0))
+    [(process, ctl)] = _start_workers(procs, scheme, [None])
+    scheme.connect()
+    expect_reply(ctl, "report")
+    ctl.send(("follow",))  # receive(0.5) in a loop: the idle state of a real worker
+    time.sleep(0.5)
+    before = cpu_seconds(process.pid)
+    time.sleep(2.0)
+    used = cpu_seconds(process.pid) - before
+    assert used < 0.1, f"an idle worker used {used:.2f} s of CPU in 2 s"
+    scheme.shutdown()
+    assert expect_reply(ctl, "see the trainer close") == ("gone", "closed")
+
+
+def test_bind_takes_an_interface_name(procs):
+    trainer_model = make_model(seed=0)
+    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30, bind="lo")
+    scheme.init_on_sender("policy", model=trainer_model)
+    [(process, ctl)] = _start_workers(procs, scheme, ["lo"])
+    scheme.connect()
+    _, version, state = expect_reply(ctl, "report")
+    assert version == 1
+    assert_same_state(state, state_of(trainer_model))
+    assert local_addresses(process.pid) == {"127.0.0.1"}  # lo's address
+    scheme.shutdown()
+    assert ask(ctl, "stop") == ("closed",)
+
+
+def test_without_bind_gloo_socket_ifname_is_honoured(monkeypatch):
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "nosuch0")
+    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=5)
+    scheme.init_on_sender("policy", model=make_model(seed=0))
+    with pytest.raises(SyncTimeoutError, match="nosuch0") as info:
+        scheme.connect()  # the trainer's own link cannot bind the interface it was told to use
+    assert info.value.workers == [0]
+    scheme.shutdown()
+
+
+def test_a_stopped_worker_is_named_after_the_timeout_and_catches_up_when_resumed(procs):
+    trainer_model = make_model(seed=0)
+    scheme = DistributedWeightSyncScheme(num_workers=2, timeout=2.0, join_timeout=60)
+    scheme.init_on_sender("policy", model=trainer_model)
+    workers = _start_workers(procs, scheme, [None, None])
+    scheme.connect()
+    for _, ctl in workers:
+        expect_reply(ctl, "report")
+    stopped, ctl = workers[1]
+    os.kill(stopped.pid, signal.SIGSTOP)  # hung: alive, but its receiving thread cannot answer
+    try:
+        perturb(trainer_model, 1)
+        with pytest.raises(SyncTimeoutError, match="worker 1 did not receive version 2") as info:
+            scheme.send()
+        assert info.value.workers == [1]
+        assert scheme.get_sender().acked_versions == {0: 1, 1: None}  # 0 adopts 2 at receive()
+        perturb(trainer_model, 2)  # the stopped worker may still read version 2's buffer...
+    finally:
+        os.kill(stopped.pid, signal.SIGCONT)
+    scheme.send()  # ...so version 3 went out from a fresh one; both workers now hold it
+    for _, ctl in workers:
+        _, version, state = ask(ctl, "receive", 5.0)
+        assert version == 3
+        assert_same_state(state, state_of(trainer_model))
+    scheme.shutdown()
+    for _, ctl in workers:
+        assert ask(ctl, "stop") == ("closed",)

@@ -1,80 +1,139 @@
-"""``distributed``: weights broadcast over a private ``torch.distributed`` gloo group."""
+"""``distributed``: weights over private ``torch.distributed`` links, workers on any machine."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from weightsync.launch import LaunchInfo
 from weightsync.schemes.base import WeightSyncScheme
-from weightsync.transports.distributed import DistributedBroadcast, DistributedReader
+from weightsync.transports.distributed import DistributedReceiver, DistributedSender
 
 
 class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
-    """Broadcast weights from the trainer (rank 0) to workers on any machine.
+    """Send weights from the trainer to workers on other machines over ``torch.distributed``.
 
-    The scheme builds its own ``TCPStore`` and gloo process group (never the default group), so it
-    coexists with a job's own ``torch.distributed`` use. ``connect()`` is the rendez-vous: it
-    blocks until all ``num_workers`` workers have joined.
+    The trainer runs a private ``TCPStore`` on ``host:port`` (listening there only) and one
+    private gloo link per worker (never the default process group, so a job's own
+    ``torch.distributed`` use is untouched). Sends are asynchronous; each worker's receiving
+    thread takes an update while the worker acts, and ``receive()`` adopts it without a copy. A
+    dead worker breaks only its own link: the trainer names it and goes on with the others
+    (``get_sender().remove_workers([...])``).
 
     Args:
-        num_workers: how many workers join (ranks 1..num_workers).
-        host: the trainer's address, as workers reach it (``"127.0.0.1"`` on one machine).
-        port: the trainer's store port; 0 lets the trainer pick a free one when it initialises,
-            so pickle the scheme to the workers *after* ``init_on_sender`` (it then carries the
-            port), or choose a fixed port for workers started elsewhere.
+        num_workers: how many workers join (worker ids ``0..num_workers-1``).
+        host: where the trainer's store listens, as every worker reaches it (None:
+            ``127.0.0.1``).
+        port: the store's port; 0 (or None) lets the trainer pick a free one (then pickle the
+            scheme to the workers after ``init_on_sender``, which fills it in).
+        bind: this process's own address or network interface for its links; None (default):
+            torch's choice, honouring ``GLOO_SOCKET_IFNAME``. ``init_on_receiver(bind=...)``
+            sets it per worker.
+        join_timeout: seconds to reach the store and join (default: ``timeout``).
+        worker_id: this worker's index, if known when built (``from_env`` sets it).
         strategy, timeout, reject_non_finite, bind_source: see WeightSyncScheme.
 
-    Workers call ``init_on_receiver(model_id, model=..., worker_id=i)`` with ``i`` in
-    ``range(num_workers)``. A dead worker breaks the group (collectives need every rank): the
-    trainer's ``send`` raises within ``timeout`` and the job must be restarted.
+    Example (one line per process, under ``torchrun --nproc-per-node=3 script.py``)::
+
+        scheme = DistributedWeightSyncScheme.from_env()
+        if scheme.worker_id is None:                           # rank 0: the trainer
+            scheme.init_on_sender("policy", model=policy)
+        else:                                                  # ranks 1, 2: workers
+            scheme.init_on_receiver("policy", model=policy)
+        scheme.connect()
     """
 
     def __init__(
         self,
         num_workers: int = 1,
-        host: str = "127.0.0.1",
-        port: int = 0,
+        host: str | None = "127.0.0.1",
+        port: int | None = 0,
         strategy: str = "state_dict",
+        *,
+        bind: str | None = None,
+        join_timeout: float | None = None,
+        worker_id: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(strategy, **kwargs)
         self.num_workers = num_workers
-        self.host = host
-        self.port = port
-        self._worker_id: int | None = None
+        self.host = host or "127.0.0.1"
+        self.port = port or 0
+        self.bind = bind
+        self.join_timeout = self.timeout if join_timeout is None else join_timeout
+        self.worker_id = worker_id
+
+    @classmethod
+    def from_env(
+        cls, port_offset: int = 1, environ: dict[str, str] | None = None, **kwargs: Any
+    ) -> DistributedWeightSyncScheme:
+        """A scheme for this process of a torchrun or Slurm launch (see :mod:`weightsync.launch`).
+
+        Rank 0 is the trainer, rank ``r`` worker ``r - 1``; the store listens on the master
+        address at ``MASTER_PORT + port_offset`` (torchrun's own store holds ``MASTER_PORT``).
+        """
+        info = LaunchInfo.from_environ(environ)
+        if info is None:
+            raise ValueError(
+                "DistributedWeightSyncScheme.from_env() found no launcher: set RANK, WORLD_SIZE, "
+                "MASTER_ADDR and MASTER_PORT (torchrun does) or run under Slurm (SLURM_PROCID, "
+                "SLURM_NTASKS), or build the scheme with num_workers/host/port"
+            )
+        if info.world_size < 2:
+            raise ValueError(
+                f"the launch has world size {info.world_size}: the distributed scheme needs a "
+                "trainer and at least one worker (launch 2 or more processes)"
+            )
+        return cls(
+            num_workers=info.world_size - 1,
+            host=info.master_addr,
+            port=info.master_port + port_offset,
+            worker_id=info.worker_id,
+            **kwargs,
+        )
 
     def init_on_receiver(self, model_id: str, context: Any = None, **kwargs: Any) -> None:
-        self._worker_id = kwargs.get("worker_id", getattr(context, "worker_id", None))
+        """Worker set-up; ``worker_id=`` (or ``context.worker_id``, or ``from_env``'s) and an
+        optional ``bind=`` address or interface for this worker."""
+        self.worker_id = kwargs.pop("worker_id", getattr(context, "worker_id", self.worker_id))
+        self.bind = kwargs.pop("bind", self.bind)
         super().init_on_receiver(model_id, context, **kwargs)
 
     def _build_sender_transport(
         self, pipes: list | None, num_workers: int | None
-    ) -> DistributedBroadcast:
-        transport = DistributedBroadcast(
-            num_workers or self.num_workers, self.host, self.port, self.timeout
-        )
-        self.num_workers, self.port = transport.num_workers, transport.port
+    ) -> DistributedSender:
+        transport = DistributedSender(
+            num_workers or self.num_workers, self.host, self.port, self.timeout,
+            join_timeout=self.join_timeout, bind=self.bind,
+        )  # fmt: skip
+        self.num_workers, self.port = len(transport.links), transport.port
         return transport
 
-    def _build_receiver_transport(self, pipe: Any) -> DistributedReader:
-        if self._worker_id is None or not 0 <= self._worker_id < self.num_workers:
+    def _build_receiver_transport(self, pipe: Any) -> DistributedReceiver:
+        if self.worker_id is None or not 0 <= self.worker_id < self.num_workers:
             raise ValueError(
-                "the distributed scheme needs this worker's index: "
-                f"init_on_receiver(model_id, model=..., worker_id=i) with 0 <= i < "
-                f"{self.num_workers}, got worker_id={self._worker_id}"
+                "the distributed scheme needs this worker's index: init_on_receiver(model_id, "
+                f"model=..., worker_id=i) with 0 <= i < {self.num_workers}, got "
+                f"worker_id={self.worker_id}"
             )
         if not self.port:
             raise ValueError(
                 "the scheme does not know the trainer's port: pickle it to the worker after "
-                "init_on_sender() (which picks the port), or build it with port=<fixed port>"
+                "init_on_sender() (which picks the port), or build it with port=<the port>"
             )
-        return DistributedReader(
-            self._worker_id, self.num_workers, self.host, self.port, self.timeout
+        transport = DistributedReceiver(
+            self.worker_id, self.host, self.port, join_timeout=self.join_timeout, bind=self.bind
         )
+        transport.model_id = self.model_id
+        return transport
 
-    def _legacy_transport(self, pipe: Any) -> DistributedBroadcast:
-        return DistributedBroadcast(self.num_workers, self.host, self.port, self.timeout)
+    def _legacy_transport(self, pipe: Any) -> DistributedSender:
+        return self._build_sender_transport(None, None)
 
     def connect(self, timeout: float | None = None) -> None:
-        """Join the process group (blocking until every rank is there), then sync as usual."""
-        self._transport.rendezvous()
+        """Trainer: wait until every worker joined, then send the initial weights. Worker:
+        wait for them."""
+        if self.role == "sender":
+            self._transport.rendezvous()
+        elif timeout is None:  # the trainer sends once every worker has joined
+            timeout = self.join_timeout + self.timeout
         super().connect(timeout)

@@ -1,88 +1,240 @@
-"""Weights broadcast over ``torch.distributed``, for workers on other machines.
+"""Weights over ``torch.distributed`` point-to-point links, for workers on other machines.
 
-The trainer is rank 0 of a process group of its own (a private ``TCPStore`` and a gloo group built
-from it), never the user's default group, so weightsync can live beside a training job's own
-``torch.distributed`` set-up. The store carries the small things: the layout (once), the pending
-version, extra states, acknowledgements and refusals. The weights themselves travel as one flat
-byte tensor in a single ``broadcast``.
+Invariant: a worker's model never sees a byte of an update before the whole update has arrived,
+and the trainer never waits for a worker's main thread.
 
-Each worker receives into the one of its two buffers that its model is not using, then points
-its parameters at it (no copy): a broadcast that breaks halfway never touches the weights the
-worker acts with.
+The trainer owns a private ``TCPStore`` (listening only on ``host``) and, per worker, a private
+two-rank gloo :class:`~weightsync.transports.c10d.Link` (never the user's default group). An
+update is a header, the layout as JSON when it changed, and the flat buffer in one ``send`` per
+worker, all asynchronous: ``send_async`` returns at once.
+
+Each worker runs a receiving thread that takes the update into the buffer its model is not
+using while the worker acts, then tells the trainer ``busy`` unless the worker is waiting in
+``receive()``; ``receive()`` only adopts the complete buffer (zero copy) and answers ``applied``
+or ``refused``. The trainer's ``finish`` therefore waits for each worker's receiving thread, not
+for its rollout: a busy worker is never timed out, a silent one is (its receiving thread does not
+answer: the process is stopped or unreachable), and a dead one is named as soon as its socket
+closes. Other workers' links are untouched by either, so the survivors keep receiving.
 """
 
 from __future__ import annotations
 
-import datetime
-import pickle
+import enum
+import logging
+import threading
 import time
+from typing import Any
 
-import torch.distributed as dist
+import torch
 
-from weightsync.errors import PeerDiedError, SyncTimeoutError, WorkerRejectedError
+from weightsync.errors import (
+    PeerDiedError,
+    SyncTimeoutError,
+    WeightSyncError,
+    WorkerRejectedError,
+)
 from weightsync.flat import FlatBuffer
 from weightsync.transports.base import Update
+from weightsync.transports.c10d import (
+    Link,
+    as_bytes,
+    decode_layout,
+    empty_header,
+    encode_layout,
+    header,
+    open_store,
+)
 from weightsync.weights import FlatWeights
 
-_PENDING, _LAYOUT = "pending", "layout"
+log = logging.getLogger(__name__)
+
+DATA, ANSWER = 1, 2  # gloo tags: trainer -> worker, worker -> trainer
 
 
-def _gloo_group(store: dist.Store, rank: int, size: int, host: str, timeout: float):
-    options = dist.ProcessGroupGloo._Options()
-    options._timeout = datetime.timedelta(seconds=timeout)
-    options._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
-    return dist.ProcessGroupGloo(dist.PrefixStore("weightsync/pg", store), rank, size, options)
+class Msg(enum.IntEnum):
+    """What a header announces."""
+
+    UPDATE = 1  # trainer: a version follows (its layout first, when it changed)
+    CLOSE = 2  # trainer: no more updates
+    HELLO = 3  # worker: joined (the link's rendezvous keys may go)
+    BUSY = 4  # worker: holds the version complete, adopts it at its next receive()
+    APPLIED = 5  # worker: its model now holds the version
+    REFUSED = 6  # worker: refused the version (the reason follows)
+    LEAVING = 7  # worker: shutting down; answer CLOSE
+    BYE = 8  # worker: its receiving thread has ended
 
 
-class DistributedBroadcast:
-    """Trainer side (rank 0): owns the store, broadcasts each update to ranks 1..num_workers.
+def link_prefix(worker_id: int) -> str:
+    return f"weightsync/link/{worker_id}"
+
+
+class _TrainerLink:
+    """The trainer's end of one worker's link: joins it, then reads the worker's answers."""
+
+    def __init__(self, worker_id: int, owner: DistributedSender):
+        self.worker_id = worker_id
+        self.owner = owner
+        self.link: Link | None = None
+        self.failure: str | None = None  # why this worker can no longer be reached
+        self.answers: dict[int, str] = {}  # version -> "busy", "applied" or a refusal
+        self.acked: int | None = None
+        self.layout_sent: bytes | None = None
+        self.works: list[tuple[Any, list[torch.Tensor]]] = []  # sends in flight, tensors kept
+        self.ended = threading.Event()
+        self._send_lock = threading.Lock()
+        self.thread = threading.Thread(
+            target=self._run, name=f"weightsync-link-{worker_id}", daemon=True
+        )
+        self.thread.start()
+
+    @property
+    def usable(self) -> bool:
+        return self.link is not None and self.failure is None
+
+    def send(self, *tensors: torch.Tensor) -> None:
+        """Queue ``tensors`` to the worker, in order, without waiting."""
+        with self._send_lock:
+            self.works = [(w, t) for w, t in self.works if not w.is_completed()]
+            for tensor in tensors:
+                self.works.append((self.link.send(tensor, DATA), [tensor]))
+
+    def sending_from(self, buffer: FlatBuffer) -> bool:
+        """Whether a send reading ``buffer`` may still be in flight."""
+        with self._send_lock:
+            return any(
+                not w.is_completed() and t[0].data_ptr() == buffer.data.data_ptr()
+                for w, t in self.works
+            )
+
+    def _run(self) -> None:
+        owner = self.owner
+        try:
+            link = Link(
+                owner.store, link_prefix(self.worker_id), 0, timeout=owner.join_timeout,
+                bind=owner.bind,
+            )  # fmt: skip
+        except RuntimeError as err:
+            self._fail(f"could not join within {owner.join_timeout:g} s: {_first_line(err)}")
+            self.ended.set()
+            return
+        with owner.cond:
+            self.link = link
+            owner.cond.notify_all()
+        try:
+            self._read_answers(link)
+        except RuntimeError as err:
+            if not owner.closing:
+                self._fail(f"its connection broke ({_first_line(err)}); the process has died")
+        finally:
+            self.ended.set()
+
+    def _read_answers(self, link: Link) -> None:
+        owner = self.owner
+        while True:
+            msg = empty_header()
+            link.recv(msg, ANSWER)
+            kind, version, length, _ = msg.tolist()
+            if kind == Msg.HELLO:
+                link.forget_keys()
+                continue
+            if kind == Msg.BYE:
+                return
+            if kind == Msg.LEAVING:
+                self._fail("has shut its receiver down")
+                self.send(header(Msg.CLOSE))
+                continue
+            answer = {Msg.BUSY: "busy", Msg.APPLIED: "applied"}.get(kind)
+            if kind == Msg.REFUSED:
+                reason = torch.empty(length, dtype=torch.uint8)
+                link.recv(reason, ANSWER)
+                answer = bytes(reason.numpy()).decode(errors="replace")
+            with owner.cond:
+                if kind == Msg.APPLIED:
+                    self.acked = max(version, self.acked or 0)
+                if version in owner.waiting_for:
+                    self.answers[version] = answer
+                elif kind == Msg.REFUSED:
+                    log.warning("worker %d refused version %d: %s", self.worker_id, version, answer)
+                owner.cond.notify_all()
+
+    def _fail(self, reason: str) -> None:
+        with self.owner.cond:
+            self.failure = self.failure or reason
+            self.owner.cond.notify_all()
+
+
+class DistributedSender:
+    """Trainer side: the store, one link per worker, asynchronous sends.
 
     Args:
-        num_workers: how many workers will join (ranks 1..num_workers).
-        host: address the store listens on and the gloo device binds to.
+        num_workers: how many workers join (worker ids ``0..num_workers-1``).
+        host: the address the store listens on (only there), as the workers reach it.
         port: the store's port; 0 picks a free one (read it back from ``port``).
-        timeout: seconds for the rendez-vous, each broadcast and the acknowledgements.
+        timeout: seconds ``finish`` waits for each worker's receiving thread.
+        join_timeout: seconds each worker has to join its link.
+        bind: this process's address or interface for its links; None: torch's default
+            (``GLOO_SOCKET_IFNAME`` honoured).
     """
 
     carries_weights = True
 
     def __init__(
-        self, num_workers: int, host: str = "127.0.0.1", port: int = 0, timeout: float = 10.0
+        self,
+        num_workers: int,
+        host: str,
+        port: int,
+        timeout: float,
+        *,
+        join_timeout: float,
+        bind: str | None = None,
     ):
         if num_workers < 1:
             raise ValueError(f"the distributed scheme needs num_workers >= 1, got {num_workers}")
-        self.num_workers = num_workers
-        self.host = host
         self.timeout = timeout
-        self.store = dist.TCPStore(
-            host,
-            port,
-            num_workers + 1,
-            is_master=True,
-            timeout=datetime.timedelta(seconds=timeout),
-            wait_for_workers=False,
-        )
+        self.join_timeout = join_timeout
+        self.bind = bind
+        self.store = open_store(host, port, is_master=True, timeout=join_timeout)
         self.port = self.store.port
-        self.store.set(_PENDING, "-1")
-        self.group = None
+        self.cond = threading.Condition()
+        self.closing = False
+        self.waiting_for: set[int] = set()  # versions whose answers are recorded
         self.staging: FlatBuffer | None = None
-        self.acked_versions: dict[int, int | None] = dict.fromkeys(range(num_workers))
-        self._in_flight: tuple[str, int] | None = None
+        self._retired: list[FlatBuffer] = []
+        self._layout: tuple[FlatBuffer, bytes] | None = None  # the staging buffer's JSON layout
+        self._in_flight: tuple[str, int, list[int], FlatBuffer] | None = None
+        self.links = {w: _TrainerLink(w, self) for w in range(num_workers)}
 
-    def rendezvous(self) -> None:
-        """Block until every worker has joined the process group."""
-        if self.group is None:
-            self.group = _gloo_group(self.store, 0, self.num_workers + 1, self.host, self.timeout)
+    @property
+    def acked_versions(self) -> dict[int, int | None]:
+        with self.cond:
+            return {w: link.acked for w, link in self.links.items()}
 
-    def source_buffer(self, weights: FlatWeights) -> FlatBuffer:
-        """The trainer may keep its model in the broadcast buffer itself: sends copy nothing."""
+    def rendezvous(self, timeout: float | None = None) -> None:
+        """Block until every worker has joined its link; SyncTimeoutError naming the others."""
+        deadline = time.monotonic() + (self.join_timeout if timeout is None else timeout)
+        with self.cond:
+            while not all(link.link or link.failure for link in self.links.values()):
+                if not self.cond.wait(max(0.0, deadline - time.monotonic())):
+                    break
+            missing = {w: link.failure or "did not join" for w, link in self.links.items()
+                       if not link.usable}  # fmt: skip
+        if missing:
+            lines = "; ".join(f"worker {w} {why}" for w, why in sorted(missing.items()))
+            raise SyncTimeoutError(
+                f"not every worker joined the trainer's store on port {self.port}: {lines}. "
+                "Start every worker with the same host/port, or raise join_timeout",
+                workers=sorted(missing),
+            )
+
+    def source_buffer(self, weights: FlatWeights) -> FlatBuffer | None:
+        """The buffer the trainer's model may live in: sends then copy nothing."""
         if self.staging is None or self.staging.mismatches(weights):
             self.staging = FlatBuffer.for_weights(weights, shared=False)
-            self.store.set(_LAYOUT, pickle.dumps((self.staging.layout, self.staging.extra_keys)))
         return self.staging
 
     def retired(self, buffer: FlatBuffer) -> bool:
-        return False
+        """True for a buffer a timed-out worker's send may still read from."""
+        return any(buffer is old for old in self._retired)
 
     def start(
         self,
@@ -93,156 +245,269 @@ class DistributedBroadcast:
         *,
         source: FlatBuffer | None = None,
     ) -> None:
-        if worker_ids is not None and sorted(worker_ids) != list(range(self.num_workers)):
+        """Queue the update to every chosen worker and return (no waiting on any worker)."""
+        live = sorted(self.links)
+        targets = live if worker_ids is None else sorted(set(worker_ids))
+        unknown = [w for w in targets if w not in self.links]
+        if unknown:
             raise ValueError(
-                "a broadcast reaches every worker; worker_ids cannot select a subset "
-                f"(got {worker_ids})"
+                f"unknown or removed worker id(s) {unknown}: the live workers are {live}"
             )
-        self.rendezvous()
-        staging = self.source_buffer(weights)
-        staging.write(weights)
-        self.store.set(f"extra/{version}", pickle.dumps(weights.extra))
-        self.store.set(_PENDING, str(version))
-        try:
-            self.group.broadcast(staging.tensor_region, 0).wait()
-        except RuntimeError as err:
-            raise PeerDiedError(
-                f"broadcasting version {version} of model {model_id!r} failed: {err}; a worker "
-                "has probably died, which breaks the process group"
-            ) from err
-        self._in_flight = (model_id, version)
+        bound = source is not None and source is self.staging
+        buffer = source if bound else self.source_buffer(weights)
+        if bound:
+            buffer.write_extra(weights.extra)
+        else:
+            buffer.write(weights)
+        if self._layout is None or self._layout[0] is not buffer:
+            self._layout = (buffer, encode_layout(buffer.layout, buffer.extra_keys))
+        layout = self._layout[1]
+        with self.cond:
+            self.waiting_for = {version}
+            for link in self.links.values():
+                link.answers.clear()
+        for w in targets:
+            link = self.links[w]
+            if not link.usable:
+                continue  # named by finish()
+            fresh = link.layout_sent != layout
+            message = header(Msg.UPDATE, version, len(layout) if fresh else 0)
+            try:
+                if fresh:
+                    link.send(message, as_bytes(layout), buffer.data)
+                    link.layout_sent = layout
+                else:
+                    link.send(message, buffer.data)
+            except RuntimeError as err:
+                link._fail(f"cannot be sent to ({_first_line(err)})")
+        self._in_flight = (model_id, version, targets, buffer)
 
     def finish(self, timeout: float | None = None) -> None:
-        """Wait until every worker acknowledged (applied or refused) the update in flight."""
+        """Wait until every chosen worker holds the update (applied, or complete and waiting
+        for its next ``receive()``); raise naming each worker that is dead, silent or refused."""
         if self._in_flight is None:
             return
-        model_id, version = self._in_flight
+        model_id, version, targets, buffer = self._in_flight
         self._in_flight = None
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while (acks := self.store.add(f"ack/{version}", 0)) < self.num_workers:
-            if time.monotonic() > deadline:
-                missing = [
-                    w
-                    for w in range(self.num_workers)
-                    if not self.store.check([f"ack/{version}/{w}"])
-                ]
-                for w in missing:
-                    self.acked_versions[w] = None
-                raise SyncTimeoutError(
-                    f"worker(s) {missing} did not acknowledge version {version} of model "
-                    f"{model_id!r} within the timeout ({acks}/{self.num_workers} did)",
-                    workers=missing,
-                )
-            time.sleep(0.0002)
-        rejections = {}
-        for w in range(self.num_workers):
-            answer = self.store.get(f"ack/{version}/{w}").decode()
-            if answer == "ok":
-                self.acked_versions[w] = version
-            else:
-                rejections[w] = answer
-        self.store.delete_key(f"extra/{version}")
-        if rejections:
-            raise WorkerRejectedError(model_id, version, rejections)
+        targets = [w for w in targets if w in self.links]  # removed meanwhile: not waited for
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        with self.cond:
+            while True:
+                pending = [w for w in targets if version not in self.links[w].answers
+                           and self.links[w].failure is None]  # fmt: skip
+                if not pending or not self.cond.wait(max(0.0, deadline - time.monotonic())):
+                    break
+            answers = {w: self.links[w].answers.get(version) for w in targets}
+            dead = {w: self.links[w].failure for w in targets if answers[w] is None
+                    and self.links[w].failure}  # fmt: skip
+            self.waiting_for = set()
+            for w in pending + list(dead):
+                self.links[w].acked = None
+        if any(self.links[w].sending_from(buffer) for w in pending):
+            self._retired.append(buffer)  # a stopped worker may read it when it resumes
+            self.staging = None
+        problems = [f"worker {w} {why}" for w, why in sorted(dead.items())]
+        problems += [
+            f"worker {w} did not receive version {version} of model {model_id!r} within "
+            f"{wait:g} s (its receiving thread is silent: the process is stopped or hung, or "
+            "the network is down; a worker that is merely busy still receives)"
+            for w in pending
+        ]
+        if dead:
+            raise PeerDiedError("; ".join(problems), workers=sorted([*dead, *pending]))
+        if pending:
+            raise SyncTimeoutError("; ".join(problems), workers=pending)
+        refused = {w: a for w, a in answers.items() if a not in ("busy", "applied")}
+        if refused:
+            raise WorkerRejectedError(model_id, version, refused)
 
     def remove_workers(self, worker_ids: list[int]) -> None:
-        raise PeerDiedError(
-            "a torch.distributed group cannot lose members: restart the job (or the workers) "
-            f"instead of removing {worker_ids}",
-            workers=list(worker_ids),
-        )
+        """Go on without these workers: their links are left alone, never sent to again."""
+        for w in worker_ids:
+            self.links.pop(w, None)
 
     def close(self) -> None:
-        if self.group is not None:
-            self.store.set(_PENDING, "closed")
-            self.group = None
+        """Tell every worker no more updates come, wait (bounded) for them to say goodbye."""
+        self.closing = True
+        for link in self.links.values():
+            if link.usable:
+                try:
+                    link.send(header(Msg.CLOSE))
+                except RuntimeError:
+                    continue
+        deadline = time.monotonic() + min(self.timeout, 5.0)
+        for link in self.links.values():
+            link.ended.wait(max(0.0, deadline - time.monotonic()))
 
 
-class DistributedReader:
-    """Worker side (rank ``worker_id + 1``): joins each broadcast the trainer announces."""
+class DistributedReceiver:
+    """Worker side: a receiving thread fills the spare buffer; ``poll`` hands it over.
+
+    Args:
+        worker_id: this worker's index, ``0 <= worker_id < num_workers``.
+        host, port: where the trainer's store listens.
+        join_timeout: seconds to reach the store and join the link.
+        bind: this process's address or interface; None: torch's default.
+    """
 
     carries_weights = True
 
-    def __init__(self, worker_id: int, num_workers: int, host: str, port: int, timeout: float):
+    def __init__(
+        self, worker_id: int, host: str, port: int, *, join_timeout: float, bind: str | None
+    ):
         self.worker_id = worker_id
-        self.num_workers = num_workers
-        self.host = host
-        self.timeout = timeout
-        try:
-            self.store = dist.TCPStore(
-                host,
-                port,
-                num_workers + 1,
-                is_master=False,
-                timeout=datetime.timedelta(seconds=timeout),
-            )
-        except RuntimeError as err:
-            raise PeerDiedError(
-                f"worker {worker_id} cannot reach the trainer's store at {host}:{port}: {err}"
-            ) from err
-        self.group = None
-        self.closed = False
-        self.buffers: list[FlatBuffer] = []
-        self._active = 0  # index of the buffer the model is using
-        self._layout_bytes = b""
+        self.model_id = ""
+        self._cond = threading.Condition()
+        self._closed = False
+        self._error: WeightSyncError | None = None
+        self._waiting = False  # the main thread is blocked in poll()
+        self._ready: Update | None = None  # complete, not handed out yet
+        self._taken: Update | None = None  # handed out, not answered yet
+        self._active: FlatBuffer | None = None  # the buffer the model uses
+        self._held = -1  # the version the model holds (its buffer is _active)
+        self._buffers: list[FlatBuffer] = []  # of the current layout
+        self._layout: tuple[Any, list[str]] | None = None
+        self._answer_lock = threading.Lock()
+        self._works: list[tuple[Any, torch.Tensor]] = []
+        self._link: Link | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(host, port, join_timeout, bind),
+            name=f"weightsync-receiver-{worker_id}", daemon=True,
+        )  # fmt: skip
+        self._thread.start()
 
-    def rendezvous(self) -> None:
-        if self.group is None:
-            self.group = _gloo_group(
-                self.store, self.worker_id + 1, self.num_workers + 1, self.host, self.timeout
-            )
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def poll(self, timeout: float) -> Update | None:
-        self.rendezvous()
         deadline = time.monotonic() + timeout
-        while True:
-            pending = self._get(_PENDING)
-            if pending == b"closed":
-                self.closed = True
-                return None
-            version = int(pending)
-            if version >= 0 and not self.store.check([f"ack/{version}/{self.worker_id}"]):
-                return self._join_broadcast(version)
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.0005)
-
-    def _join_broadcast(self, version: int) -> Update:
-        layout_bytes = self._get(_LAYOUT)
-        if layout_bytes != self._layout_bytes:
-            layout, extra_keys = pickle.loads(layout_bytes)
-            self.buffers = [FlatBuffer(layout, extra_keys=extra_keys, shared=False) for _ in "ab"]
-            self._layout_bytes = layout_bytes
-        target = self.buffers[1 - self._active]
-        try:
-            self.group.broadcast(target.tensor_region, 0).wait()
-        except RuntimeError as err:
-            raise PeerDiedError(
-                f"worker {self.worker_id}: the broadcast of version {version} broke off "
-                f"(trainer gone?): {err}"
-            ) from err
-        target.write_extra(pickle.loads(self._get(f"extra/{version}")))
-        return Update("", version, target, zero_copy=True)
+        with self._cond:
+            while self._ready is None and self._error is None and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._waiting = True
+                self._cond.wait(remaining)
+                self._waiting = False
+            if self._ready is not None:
+                self._taken, self._ready = self._ready, None
+                return self._taken
+            if self._error is not None:
+                raise self._error
+            return None
 
     def acknowledge(self, update: Update) -> None:
-        self._active = self.buffers.index(update.buffer)
-        self._answer(update.version, "ok")
+        with self._cond:
+            if update.version > self._held:  # an older one is only answered, never adopted
+                self._active, self._held = update.buffer, update.version
+            self._taken = None
+            self._cond.notify_all()
+        self._answer(header(Msg.APPLIED, update.version))
 
     def reject(self, update: Update, reason: str) -> None:
-        self._answer(update.version, reason)
-
-    def _answer(self, version: int, answer: str) -> None:
-        self.store.set(f"ack/{version}/{self.worker_id}", answer)
-        self.store.add(f"ack/{version}", 1)
-
-    def _get(self, key: str) -> bytes:
-        try:
-            return self.store.get(key)
-        except RuntimeError as err:  # the store lives in the trainer: it is gone
-            raise PeerDiedError(
-                f"worker {self.worker_id} lost the trainer's store ({err}); the trainer has "
-                "probably exited"
-            ) from err
+        with self._cond:
+            self._taken = None
+            self._cond.notify_all()
+        self._answer(header(Msg.REFUSED, update.version, len(reason.encode())), as_bytes(reason))
 
     def close(self) -> None:
-        self.group = None
+        """Leave: the trainer answers CLOSE, which ends the receiving thread."""
+        if self._link is not None and self._thread.is_alive() and not self._closed:
+            self._answer(header(Msg.LEAVING))
+        self._thread.join(timeout=5.0)
+
+    # ------------------------------------------------------------------ receiving thread
+    def _run(self, host: str, port: int, join_timeout: float, bind: str | None) -> None:
+        try:
+            store = open_store(host, port, is_master=False, timeout=join_timeout)
+            self._link = Link(
+                store, link_prefix(self.worker_id), 1, timeout=join_timeout, bind=bind
+            )
+        except (RuntimeError, OSError) as err:
+            self._stop(
+                SyncTimeoutError(
+                    f"worker {self.worker_id} could not join the trainer at {host}:{port} "
+                    f"within {join_timeout:g} s: {_first_line(err)}"
+                )
+            )
+            return
+        self._answer(header(Msg.HELLO))
+        try:
+            while self._receive_one(self._link):
+                pass
+            self._answer(header(Msg.BYE))
+        except RuntimeError as err:
+            self._stop(
+                PeerDiedError(
+                    f"worker {self.worker_id} lost the trainer ({_first_line(err)}); the trainer "
+                    "has probably exited"
+                )
+            )
+            return
+        except ValueError as err:  # a layout that does not parse: nothing more can be trusted
+            self._stop(WeightSyncError(f"worker {self.worker_id} stops receiving: {err}"))
+            return
+        self._stop(None)
+
+    def _receive_one(self, link: Link) -> bool:
+        """Receive the next message; False once the trainer closed."""
+        msg = empty_header()
+        link.recv(msg, DATA)
+        kind, version, layout_len, _ = msg.tolist()
+        if kind == Msg.CLOSE:
+            return False
+        if layout_len:
+            raw = torch.empty(layout_len, dtype=torch.uint8)
+            link.recv(raw, DATA)
+            self._layout = decode_layout(bytes(raw.numpy()))
+        target = self._spare()
+        link.recv(target.data, DATA)
+        with self._cond:
+            self._ready = Update(self.model_id, version, target, zero_copy=True)
+            idle = self._waiting
+            self._cond.notify_all()
+        if not idle:
+            self._answer(header(Msg.BUSY, version))
+        return True
+
+    def _spare(self) -> FlatBuffer:
+        """A buffer to receive into: the one holding a superseded, unadopted update, or one the
+        model does not use (waiting while the main thread adopts an update: microseconds)."""
+        layout, extra_keys = self._layout
+        with self._cond:
+            while self._taken is not None and self._error is None:
+                self._cond.wait()
+            if self._ready is not None:  # superseded before it was adopted: coalesce
+                target, self._ready = self._ready.buffer, None
+                if target.layout == layout:
+                    return target
+            self._buffers = [b for b in self._buffers if b.layout == layout]
+            for buffer in self._buffers:
+                if buffer is not self._active:
+                    return buffer
+            buffer = FlatBuffer(layout, extra_keys=extra_keys, shared=False)
+            self._buffers.append(buffer)
+            return buffer
+
+    def _answer(self, *tensors: torch.Tensor) -> None:
+        with self._answer_lock:
+            self._works = [(w, t) for w, t in self._works if not w.is_completed()]
+            try:
+                for tensor in tensors:
+                    self._works.append((self._link.send(tensor, ANSWER), tensor))
+            except RuntimeError as err:
+                self._stop(PeerDiedError(f"worker {self.worker_id} lost the trainer: {err}"))
+
+    def _stop(self, error: WeightSyncError | None) -> None:
+        with self._cond:
+            if error is None:
+                self._closed = True
+            else:
+                self._error = self._error or error
+            self._cond.notify_all()
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -1,0 +1,339 @@
+"""The experiment across machines: rank roles under torchrun or Slurm, and rollouts over c10d.
+
+Under a launcher (``torchrun --nproc-per-node=K run.py sync=distributed``, or Slurm through
+``hydra/launcher=submitit_slurm``) every process runs ``run.py``; :func:`launch_of` tells them
+apart. Rank 0 trains (experiments/train.py, with a :class:`RankPool` in place of the spawned
+:class:`~experiments.pool.WorkerPool`); every other rank serves as a worker (:func:`serve_rank`):
+it builds its copy of the policy and its environments, receives weights through the distributed
+scheme, and on each command collects a rollout with its policy and sends it to rank 0.
+
+Commands and rollouts travel over one private two-rank gloo link per worker
+(:class:`weightsync.transports.c10d.Link`), built from a store of their own on
+``MASTER_PORT + ROLLOUT_PORT_OFFSET`` (the scheme's store is on ``MASTER_PORT + 1``; torchrun's own
+on ``MASTER_PORT``). A rollout is a TensorDict tagged with ``policy_version``, sent as one
+contiguous buffer after a JSON description of its keys, dtypes, shapes and batch sizes: no pickles.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDict, TensorDictBase
+
+from experiments.checksum import weights_checksum
+from experiments.common.config import ConfigError, plain
+from experiments.common.schemes import build_scheme
+from experiments.config import resolve_device
+from experiments.factory import env_factory, policy_factory
+from experiments.pool import RunStopped, WorkerPool
+from experiments.rollout import collect_rollout
+from experiments.worker import MODEL_ID
+from weightsync import DistributedWeightSyncScheme, WeightSyncScheme
+from weightsync.flat import FlatBuffer, FlatLayout
+from weightsync.launch import LaunchInfo
+from weightsync.transports.c10d import (
+    Link,
+    as_bytes,
+    decode_layout,
+    empty_header,
+    encode_layout,
+    header,
+    open_store,
+)
+from weightsync.weights import FlatWeights
+
+log = logging.getLogger(__name__)
+
+SCHEME_PORT_OFFSET = 1  # the weight-sync store: MASTER_PORT + 1
+ROLLOUT_PORT_OFFSET = 2  # the rollout links' store: MASTER_PORT + 2
+#: Schemes that work across processes a launcher started (``none`` moves nothing at all).
+LAUNCHABLE = ("weightsync.DistributedWeightSyncScheme", "weightsync.NoWeightSyncScheme")
+TO_WORKER, TO_TRAINER = 1, 2  # gloo tags on a rollout link
+
+
+class Cmd(enum.IntEnum):
+    """Messages on a rollout link."""
+
+    COLLECT = 1  # trainer: collect and send one rollout
+    REPORT = 2  # trainer: send (weight version, checksum)
+    STOP = 3  # trainer: exit
+    READY = 4  # worker: built, joining the scheme
+    ROLLOUT = 5  # worker: a rollout follows (description length, payload length)
+    WEIGHTS = 6  # worker: (version, checksum length), the checksum follows
+
+
+def launch_of(cfg: DictConfig, environ: dict[str, str] | None = None) -> LaunchInfo | None:
+    """This process's launch (None for a plain ``python run.py``), with the config checked
+    against it: a scheme that needs one process tree under a multi-process launch, or
+    ``sync=distributed`` without a launcher, is a ConfigError before anything starts."""
+    info = LaunchInfo.from_environ(environ)
+    launched = info is not None and info.world_size > 1
+    target = cfg.sync._target_
+    if launched and target not in LAUNCHABLE:
+        raise ConfigError(
+            f"sync={_option(target)} keeps its workers on one machine, in processes the trainer "
+            f"spawns, but this is a {info.launcher} launch of {info.world_size} processes on "
+            f"{info.num_nodes} node(s): every rank would run its own training. Use "
+            "sync=distributed (rank 0 trains, the other ranks are its workers), or run "
+            "`python run.py` without a launcher."
+        )
+    if not launched and target == "weightsync.DistributedWeightSyncScheme":
+        raise ConfigError(
+            "sync=distributed runs one process per rank, started by a launcher: "
+            "`torchrun --nproc-per-node=3 run.py sync=distributed` (rank 0 trains, ranks 1-2 "
+            "are workers), or Slurm (see the README). For one machine without a launcher use "
+            "sync=shared-mem or sync=pipe."
+        )
+    if launched:
+        _check_sync(cfg.sync)
+    return info if launched else None
+
+
+def _option(target: str) -> str:
+    return {"weightsync.MultiProcessWeightSyncScheme": "pipe",
+            "weightsync.SharedMemWeightSyncScheme": "shared-mem"}.get(target, target)  # fmt: skip
+
+
+def _check_sync(sync: DictConfig) -> None:
+    if sync.get("port") is not None and not 0 <= sync.port <= 65535:
+        raise ConfigError(f"sync.port={sync.port} is not a TCP port: give 0-65535 (0: free).")
+    if sync.get("join_timeout") is not None and not sync.join_timeout > 0:
+        raise ConfigError(f"sync.join_timeout={sync.join_timeout} is not allowed: it must be > 0.")
+    for key in ("host", "bind"):
+        if sync.get(key) == "":
+            raise ConfigError(f"sync.{key} is empty: give an address or leave it unset (null).")
+
+
+def build_launched_scheme(cfg: DictConfig, info: LaunchInfo) -> WeightSyncScheme:
+    """The scheme of ``cfg.sync`` for this rank: the store on the master, ranks as workers."""
+    if cfg.sync._target_ != "weightsync.DistributedWeightSyncScheme":
+        return build_scheme(cfg)
+    sync = plain(cfg.sync)
+    scheme = instantiate(
+        {**sync, "host": sync["host"] or info.master_addr,
+         "port": info.master_port + SCHEME_PORT_OFFSET if sync["port"] is None else sync["port"],
+         "join_timeout": sync["join_timeout"] or cfg.run.startup_timeout},
+        strategy=instantiate(plain(cfg.strategy)).extract_as, num_workers=info.world_size - 1,
+        worker_id=info.worker_id,
+    )  # fmt: skip
+    assert isinstance(scheme, DistributedWeightSyncScheme)
+    return scheme
+
+
+# --------------------------------------------------------------------------------- rollouts
+def encode_rollout(rollout: TensorDictBase) -> tuple[bytes, torch.Tensor]:
+    """A rollout as (JSON description, one contiguous byte buffer)."""
+    flat = rollout.flatten_keys(".")
+    weights = FlatWeights(dict(flat.items()))
+    buffer = FlatBuffer(FlatLayout.for_weights(weights), shared=False)
+    buffer.write(weights)
+    batch_sizes = {".".join(key) if isinstance(key, tuple) else key: list(sub.batch_size)
+                   for key, sub in rollout.items(include_nested=True, leaves_only=False)
+                   if isinstance(sub, TensorDictBase)}  # fmt: skip
+    meta = {
+        "layout": json.loads(encode_layout(buffer.layout, [])),
+        "batch_size": list(rollout.batch_size),
+        "batch_sizes": batch_sizes,
+    }
+    return json.dumps(meta).encode(), buffer.data
+
+
+def decode_rollout(meta: bytes, data: torch.Tensor) -> TensorDict:
+    """The TensorDict :func:`encode_rollout` described (views into ``data``)."""
+    doc = json.loads(meta.decode())
+    layout, _ = decode_layout(json.dumps(doc["layout"]).encode())
+    views = FlatBuffer(layout, data, shared=False).views()
+    rollout = TensorDict(dict(views), batch_size=doc["batch_size"]).unflatten_keys(".")
+    for key, size in sorted(doc["batch_sizes"].items(), key=lambda kv: kv[0].count(".")):
+        rollout.get(tuple(key.split("."))).batch_size = torch.Size(size)
+    return rollout
+
+
+# ------------------------------------------------------------------------------- trainer side
+class RankPool(WorkerPool):
+    """Rank 0's view of the worker ranks: the :class:`WorkerPool` interface over c10d links.
+
+    Worker ``w`` is rank ``w + 1``; it cannot be spawned or killed from here, so a failed one is
+    only left alone (its link is never used again).
+    """
+
+    def __init__(self, info: LaunchInfo, scheme: WeightSyncScheme, policy: Any, *,
+                 timeout: float, startup_timeout: float, on_worker_failure: str,
+                 bind: str | None = None) -> None:  # fmt: skip
+        specs = [None] * (info.world_size - 1)
+        super().__init__(specs, scheme, policy, timeout=timeout, startup_timeout=startup_timeout,
+                         on_worker_failure=on_worker_failure)  # fmt: skip
+        self.info = info
+        self.bind = bind
+        self.links: dict[int, Link] = {}
+
+    def _start(self) -> None:
+        """Join every worker rank's link (all at once: ranks start in any order), wait for each
+        to be READY, then connect the scheme."""
+        store = open_store(
+            self.info.master_addr, self.info.master_port + ROLLOUT_PORT_OFFSET, is_master=True,
+            timeout=self.startup_timeout,
+        )  # fmt: skip
+        self._store = store
+
+        def join(w: int) -> Link:
+            return Link(store, f"experiments/rollouts/{w}", 0, timeout=self.startup_timeout,
+                        bind=self.bind)  # fmt: skip
+
+        with ThreadPoolExecutor(len(self.specs)) as pool:
+            joining = {w: pool.submit(join, w) for w in range(len(self.specs))}
+            for w, future in joining.items():
+                try:
+                    self.links[w] = future.result()
+                except RuntimeError as err:
+                    raise RunStopped(
+                        f"worker {w} (rank {w + 1}) did not join within {self.startup_timeout:g} "
+                        f"s: {_first_line(err)}"
+                    ) from None
+        self.active = list(self.links)
+        for w in self.active:
+            if self._header(w, self.startup_timeout, "start up")[0] != Cmd.READY:
+                raise RunStopped(f"worker {w} sent something other than READY on start-up")
+            self.links[w].forget_keys()  # both ends are up: the rendezvous keys are done with
+        self.scheme.init_on_sender(MODEL_ID, model=self.policy)
+        self.scheme.connect()
+
+    def request_rollouts(self) -> None:
+        for w in list(self.active):
+            self._command(w, Cmd.COLLECT)
+
+    def gather(self) -> list[TensorDict]:
+        rollouts = []
+        for w in list(self.active):
+            try:
+                _, meta_len, nbytes, _ = self._header(w, self.timeout, "deliver a rollout")
+                meta, data = (
+                    torch.empty(meta_len, dtype=torch.uint8),
+                    torch.empty(nbytes, dtype=torch.uint8),
+                )
+                self._recv(w, meta, self.timeout, "deliver a rollout")
+                self._recv(w, data, self.timeout, "deliver a rollout")
+                rollouts.append(decode_rollout(bytes(meta.numpy()), data))
+            except RunStopped as err:
+                self.drop([w], str(err))
+        return rollouts
+
+    def report(self) -> dict[int, tuple[int, str]]:
+        reports = {}
+        for w in list(self.active):
+            try:
+                self._command(w, Cmd.REPORT)
+                _, version, length, _ = self._header(w, self.timeout, "report its weights")
+                digest = torch.empty(length, dtype=torch.uint8)
+                self._recv(w, digest, self.timeout, "report its weights")
+                reports[w] = (version, bytes(digest.numpy()).decode())
+            except RunStopped as err:
+                self.drop([w], str(err))
+        return reports
+
+    def drop_dead(self) -> None:
+        """Nothing to look at: a dead rank shows as a broken link or a sync error."""
+
+    def _release(self, workers: list[int]) -> None:
+        for w in workers:
+            self.links.pop(w, None)  # never used again (a closed gloo pair cannot be reused)
+
+    def _command(self, w: int, cmd: Cmd) -> None:
+        try:
+            self.links[w].send(header(cmd), TO_WORKER).wait()
+        except RuntimeError as err:
+            self.drop([w], f"worker {w} (rank {w + 1}) cannot be reached ({_first_line(err)})")
+
+    def _header(self, w: int, timeout: float, doing: str) -> list[int]:
+        msg = empty_header()
+        self._recv(w, msg, timeout, doing)
+        return msg.tolist()
+
+    def _recv(self, w: int, tensor: torch.Tensor, timeout: float, doing: str) -> None:
+        try:
+            work = self.links[w].group.recv([tensor], 1, TO_TRAINER)
+            work.wait(datetime.timedelta(seconds=timeout))
+        except RuntimeError as err:
+            why = "did not" if "Timed out" in str(err) else "is gone: it did not"
+            raise RunStopped(f"worker {w} (rank {w + 1}) {why} {doing} within {timeout:g} s "
+                             f"({_first_line(err)})") from None  # fmt: skip
+
+    def close(self) -> None:
+        for w in self.active:
+            try:
+                self.links[w].send(header(Cmd.STOP), TO_WORKER).wait(
+                    datetime.timedelta(seconds=self.timeout)
+                )
+            except RuntimeError:
+                continue
+        self.active = []
+        try:
+            self.scheme.shutdown()
+        except Exception as err:  # tearing down must not hide the original error
+            log.warning("scheme shutdown failed: %s", err)
+
+
+# -------------------------------------------------------------------------------- worker side
+def serve_rank(cfg: DictConfig, info: LaunchInfo) -> None:
+    """A worker rank: act with the synced policy on command until told to stop or rank 0 is
+    gone (then it exits at once: its link breaks when rank 0's process ends)."""
+    w = info.worker_id
+    torch.set_num_threads(cfg.run.torch_threads)
+    device = resolve_device(cfg.device.worker)
+    torch.manual_seed(cfg.seed)  # as the trainer: the same initial weights
+    policy = policy_factory(cfg)().to(device)
+    env_seed = cfg.seed + 1 + w
+    env = env_factory(cfg)(device=device, seed=env_seed)
+    sampler = torch.Generator(device).manual_seed(env_seed)
+    scheme = build_launched_scheme(cfg, info)
+    bind = OmegaConf.select(cfg, "sync.bind")
+    store = open_store(info.master_addr, info.master_port + ROLLOUT_PORT_OFFSET, is_master=False,
+                       timeout=cfg.run.startup_timeout)  # fmt: skip
+    link = Link(store, f"experiments/rollouts/{w}", 1, timeout=cfg.run.startup_timeout, bind=bind)
+    scheme.init_on_receiver(MODEL_ID, model=policy, worker_id=w)
+    try:
+        link.send(header(Cmd.READY), TO_TRAINER).wait()
+        scheme.connect()
+        receiver = scheme.get_receiver()
+        while True:
+            msg = empty_header()
+            link.recv(msg, TO_WORKER)
+            command = msg[0].item()
+            scheme.receive(0.0)  # adopt the newest complete weights before acting
+            if command == Cmd.STOP:
+                return
+            if command == Cmd.COLLECT:
+                version = receiver.version
+                trajectory = collect_rollout(env, policy, cfg.run.rollout_steps, generator=sampler)
+                rollout = TensorDict({"trajectory": trajectory,
+                                      "episode_returns": env.pop_finished_returns(),
+                                      "policy_version": torch.tensor(version)},
+                                     batch_size=[]).to("cpu")  # fmt: skip
+                meta, data = encode_rollout(rollout)
+                _send_all(link, header(Cmd.ROLLOUT, len(meta), data.numel()), as_bytes(meta), data)
+            elif command == Cmd.REPORT:
+                digest = weights_checksum(policy)
+                _send_all(
+                    link, header(Cmd.WEIGHTS, receiver.version, len(digest)), as_bytes(digest)
+                )
+    except RuntimeError as err:  # rank 0 is gone: nobody is left to work for
+        log.warning("worker %d: the trainer is gone (%s); exiting", w, _first_line(err))
+    finally:
+        scheme.shutdown()
+
+
+def _send_all(link: Link, *tensors: torch.Tensor) -> None:
+    for work in [link.send(t, TO_TRAINER) for t in tensors]:
+        work.wait()
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

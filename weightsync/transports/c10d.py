@@ -1,0 +1,185 @@
+"""``torch.distributed`` (c10d) building blocks: a store, two-rank gloo links, plain messages.
+
+The distributed transport (and the experiment framework's rollout channel) are made of these:
+
+* :func:`open_store` starts the trainer's ``TCPStore`` listening on the one address it is given
+  (a socket bound there, handed to the store), or connects a client to it;
+* :class:`Link` is a private two-rank gloo process group between the trainer (rank 0) and one
+  worker (rank 1), built from the store under its own key prefix. Each process binds its own
+  interface: torch's default device selection (``GLOO_SOCKET_IFNAME`` honoured) or an explicit
+  address or interface name (``bind``). A worker that dies breaks only its own link;
+* every control message is a small ``int64`` tensor (:func:`header`), and a buffer's layout
+  crosses as JSON (:func:`encode_layout` / :func:`decode_layout`), never as a pickle: reaching
+  the port does not let anyone run code in a worker.
+
+c10d has no authentication: whoever reaches the store's port can join a link or disturb one, so
+the network between the hosts must be trusted for availability and for the weights' integrity.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import socket
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from weightsync.flat import FlatLayout, TensorSlot
+
+#: Seconds a link's blocking receive may wait once connected: effectively forever, since a
+#: worker may stay idle for hours. A dead peer ends the wait at once (its socket closes).
+_IDLE_WAIT = datetime.timedelta(days=365)
+_HEADER_LEN = 4
+
+
+def open_store(
+    host: str, port: int, *, is_master: bool, timeout: float, world_size: int | None = None
+) -> dist.TCPStore:
+    """The trainer's store (``is_master``: listening on ``host`` only) or a client of it.
+
+    ``port=0`` on the trainer picks a free port (read it back from ``store.port``); a client
+    retries connecting for up to ``timeout`` s, so workers may start before the trainer.
+    """
+    wait = datetime.timedelta(seconds=timeout)
+    if not is_master:
+        return dist.TCPStore(host, port, world_size, False, timeout=wait)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(128)
+        store = dist.TCPStore(
+            host,
+            listener.getsockname()[1],
+            world_size,
+            True,
+            timeout=wait,
+            wait_for_workers=False,
+            master_listen_fd=listener.fileno(),
+        )
+    except (OSError, RuntimeError) as err:
+        listener.close()
+        raise OSError(
+            f"the trainer's store cannot listen on {host}:{port} ({err}); give an address of "
+            "this machine (sync.host) and a free port (sync.port, 0 picks one)"
+        ) from err
+    listener.detach()  # the store owns the socket now and closes it when it is destroyed
+    return store
+
+
+def _device(bind: str) -> Any:
+    """A gloo device bound to ``bind``: an interface name (``eth0``) or an address/hostname."""
+    interfaces = {name for _, name in socket.if_nameindex()}
+    if bind in interfaces:
+        return dist.ProcessGroupGloo.create_device(interface=bind)
+    return dist.ProcessGroupGloo.create_device(hostname=bind)
+
+
+class Link:
+    """A private two-rank gloo group between the trainer (rank 0) and one worker (rank 1).
+
+    Built from ``store`` under ``prefix``; the constructor blocks until the peer has joined (at
+    most ``timeout`` s). Afterwards receives wait without a time limit (an idle peer is not a
+    dead one); a peer that dies ends every pending operation with an error at once.
+
+    Args:
+        store: the trainer's store (or a client of it).
+        prefix: the store keys of this link; :meth:`forget_keys` deletes them once joined.
+        rank: 0 for the trainer, 1 for the worker.
+        timeout: seconds to wait for the peer to join.
+        bind: this process's own address or interface; None: torch's default device
+            (``GLOO_SOCKET_IFNAME`` if set, else the address the host name resolves to).
+    """
+
+    def __init__(
+        self, store: dist.Store, prefix: str, rank: int, *, timeout: float, bind: str | None
+    ):
+        self.prefix = prefix
+        self._store = store
+        prefixed = dist.PrefixStore(prefix, store)
+        wait = datetime.timedelta(seconds=timeout)
+        if bind is None:
+            self.group = dist.ProcessGroupGloo(prefixed, rank, 2, wait)
+        else:
+            options = dist.ProcessGroupGloo._Options()
+            options._timeout = wait
+            options._devices = [_device(bind)]
+            self.group = dist.ProcessGroupGloo(prefixed, rank, 2, options)
+        self.group._set_default_timeout(_IDLE_WAIT)
+        self.peer = 1 - rank
+
+    def send(self, tensor: torch.Tensor, tag: int) -> Any:
+        """Start sending ``tensor``; returns the work (keep ``tensor`` alive until it is done)."""
+        return self.group.send([tensor], self.peer, tag)
+
+    def recv(self, tensor: torch.Tensor, tag: int) -> None:
+        """Receive into ``tensor`` (blocking; raises RuntimeError when the peer is gone)."""
+        self.group.recv([tensor], self.peer, tag).wait()
+
+    def forget_keys(self) -> None:
+        """Delete this link's rendezvous keys from the store (both ranks have connected)."""
+        for key in self._store.list_keys():
+            if key.startswith(self.prefix + "/"):
+                self._store.delete_key(key)
+
+
+def header(kind: int, version: int = 0, length: int = 0, extra: int = 0) -> torch.Tensor:
+    """A control message: four ``int64`` (what, which version, bytes that follow, spare)."""
+    return torch.tensor([kind, version, length, extra], dtype=torch.int64)
+
+
+def empty_header() -> torch.Tensor:
+    return torch.zeros(_HEADER_LEN, dtype=torch.int64)
+
+
+def as_bytes(data: str | bytes) -> torch.Tensor:
+    """Bytes (a string as UTF-8) as a tensor, to send after a header that gives their length."""
+    raw = data.encode() if isinstance(data, str) else data
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def encode_layout(layout: FlatLayout, extra_keys: list[str]) -> bytes:
+    """A buffer's layout as JSON: names, dtypes, shapes and offsets only."""
+    slots = [[s.key, str(s.dtype).removeprefix("torch."), list(s.shape), s.offset, s.nbytes]
+             for s in layout.slots]  # fmt: skip
+    return json.dumps(
+        {
+            "slots": slots,
+            "tensor_bytes": layout.tensor_bytes,
+            "extra_capacity": layout.extra_capacity,
+            "extra_keys": list(extra_keys),
+        }
+    ).encode()
+
+
+def decode_layout(data: bytes) -> tuple[FlatLayout, list[str]]:
+    """Parse :func:`encode_layout`'s JSON, checking every field (it comes from the network)."""
+    try:
+        doc = json.loads(data.decode())
+        slots = []
+        for key, dtype_name, shape, offset, nbytes in doc["slots"]:
+            dtype = getattr(torch, dtype_name, None)
+            if not isinstance(key, str) or not isinstance(dtype, torch.dtype):
+                raise ValueError(f"bad slot {key!r} of dtype {dtype_name!r}")
+            if not all(isinstance(n, int) and n >= 0 for n in (*shape, offset, nbytes)):
+                raise ValueError(f"bad shape or offset in slot {key!r}")
+            if nbytes != dtype.itemsize * _numel(shape) or offset + nbytes > doc["tensor_bytes"]:
+                raise ValueError(f"slot {key!r} does not fit its size or the buffer")
+            slots.append(TensorSlot(key, dtype, tuple(shape), offset, nbytes))
+        extra_keys = doc["extra_keys"]
+        if not all(isinstance(k, str) for k in extra_keys):
+            raise ValueError("extra-state keys must be strings")
+        layout = FlatLayout(tuple(slots), int(doc["tensor_bytes"]), int(doc["extra_capacity"]))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"malformed weight layout from the trainer: {err}") from None
+    return layout, list(extra_keys)
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
