@@ -231,21 +231,32 @@ class MPTransport:
 
 
 class _Staged:
-    """Payload of a pipe update: the staging buffer itself the first time, then nothing."""
+    """Payload of a pipe update: which staging buffer holds it (``slot``), and that buffer
+    itself the first time a worker is told of it, then nothing."""
 
-    def __init__(self, buffer: FlatBuffer | None):
+    def __init__(self, slot: int, buffer: FlatBuffer | None):
+        self.slot = slot
         self.buffer = buffer
 
 
-class PipeBroadcast:
-    """Trainer side of the pipe scheme: one pipe per worker, one shared staging buffer.
+#: The staging buffer the trainer's model may live in (:meth:`PipeBroadcast.source_buffer`).
+_MODEL_SLOT = 0
+#: The staging buffer for weights passed to ``send(weights=...)`` while the model lives in the
+#: first one: those never overwrite the trainer's model.
+_GIVEN_SLOT = 1
 
-    An update writes the weights into the staging buffer (nothing, if the trainer's model is
+
+class PipeBroadcast:
+    """Trainer side of the pipe scheme: one pipe per worker, shared staging buffers.
+
+    An update writes the weights into a staging buffer (nothing, if the trainer's model is
     bound to it) and sends each chosen worker a few-byte "apply version N" message; every worker
-    copies the staging buffer into its own model in parallel and acknowledges. The staging
-    buffer's handle crosses each pipe once. The trainer must not change its weights until the
-    update is acknowledged (``finish``), which :class:`~weightsync.WeightSender` guarantees for
-    ``send`` and documents for ``send_async``.
+    copies the staging buffer into its own model in parallel and acknowledges. Each staging
+    buffer's handle crosses each pipe once. Weights passed explicitly (``send(weights=...)``) are
+    staged in a second buffer when the trainer's model lives in the first, so a send never writes
+    into the trainer's model. The trainer must not change its weights until the update is
+    acknowledged (``finish``), which :class:`~weightsync.WeightSender` guarantees for ``send``
+    and documents for ``send_async``.
     """
 
     carries_weights = True
@@ -253,12 +264,18 @@ class PipeBroadcast:
     def __init__(self, pipes: list[Connection], timeout: float = 10.0):
         self.links = [MPTransport(p, timeout, worker_id=i) for i, p in enumerate(pipes)]
         self.timeout = timeout
-        self.staging: FlatBuffer | None = None
+        self.buffers: list[FlatBuffer | None] = [None, None]  # per slot (see _MODEL_SLOT)
+        self._lent = False  # whether the model slot's buffer was handed out as a source
         self.acked_versions: dict[int, int | None] = dict.fromkeys(range(len(pipes)))
-        self._has_staging: set[int] = set()
-        self._in_flight: tuple[str, int, list[int]] | None = None
+        self._has_staging: set[tuple[int, int]] = set()  # (worker, slot) holding the handle
+        self._in_flight: tuple[str, int, list[int], int] | None = None
         self._unreachable: list[PeerDiedError] = []  # found dead while sending; raised in finish
         self.removed: set[int] = set()
+
+    @property
+    def staging(self) -> FlatBuffer | None:
+        """The staging buffer the trainer's model may live in."""
+        return self.buffers[_MODEL_SLOT]
 
     def remove_workers(self, worker_ids: list[int]) -> None:
         """Stop sending to these workers (dead or retired); the others go on."""
@@ -267,17 +284,23 @@ class PipeBroadcast:
             self.acked_versions.pop(w, None)
             self.links[w].close()
 
-    def staging_for(self, weights: FlatWeights) -> FlatBuffer:
-        """The staging buffer, re-created (and re-sent to workers) if the layout changed."""
-        if self.staging is None or self.staging.mismatches(weights):
-            self.staging = FlatBuffer.for_weights(weights, shared=True)
-            self._has_staging.clear()
-        return self.staging
+    def _staging_for(self, slot: int, weights: FlatWeights) -> FlatBuffer:
+        """The staging buffer of ``slot``, re-created (and re-sent to workers) if the layout
+        changed."""
+        buffer = self.buffers[slot]
+        if buffer is None or buffer.mismatches(weights):
+            buffer = self.buffers[slot] = FlatBuffer.for_weights(weights, shared=True)
+            self._has_staging = {(w, s) for w, s in self._has_staging if s != slot}
+            if slot == _MODEL_SLOT:
+                self._lent = False
+        return buffer
 
     def source_buffer(self, weights: FlatWeights) -> FlatBuffer:
-        """Where the trainer may keep its model: the staging buffer itself (then sends copy
-        nothing on the trainer side; workers read it only while an update is in flight)."""
-        return self.staging_for(weights)
+        """Where the trainer may keep its model: the model's staging buffer itself (then sends
+        copy nothing on the trainer side; workers read it only while an update is in flight)."""
+        buffer = self._staging_for(_MODEL_SLOT, weights)
+        self._lent = True
+        return buffer
 
     def retired(self, buffer: FlatBuffer) -> bool:
         """A staging buffer is retired once a newer one replaced it (see :meth:`finish`)."""
@@ -301,28 +324,29 @@ class PipeBroadcast:
             raise ValueError(
                 f"unknown or removed worker id(s) {unknown}: the live workers are {live}"
             )
-        bound = source is not None and source is self.staging  # laid out when it was bound
-        staging = source if bound else self.staging_for(weights)
-        if bound:  # the trainer's model lives in it: only the extra state to write
+        if source is not None and source is self.staging:  # the trainer's model lives in it
+            slot, staging = _MODEL_SLOT, source  # laid out when it was bound
             staging.write_extra(weights.extra)
-        else:
+        else:  # never into the buffer the trainer's model lives in
+            slot = _GIVEN_SLOT if self._lent else _MODEL_SLOT
+            staging = self._staging_for(slot, weights)
             staging.write(weights)
         sent = []
         for w in targets:
-            payload = _Staged(None if w in self._has_staging else staging)
+            payload = _Staged(slot, None if (w, slot) in self._has_staging else staging)
             try:
                 self.links[w].send_weights_async(model_id, payload, version)
             except PeerDiedError as err:  # the others got the message: wait for them in finish
                 self._unreachable.append(err)
                 continue
             sent.append(w)
-        self._in_flight = (model_id, version, sent)
+        self._in_flight = (model_id, version, sent, slot)
 
     def finish(self, timeout: float | None = None) -> None:
         """Wait for every worker of the update in flight; raise naming those that failed."""
         if self._in_flight is None:
             return
-        model_id, version, targets = self._in_flight
+        model_id, version, targets, slot = self._in_flight
         self._in_flight = None
         budget = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
@@ -336,7 +360,7 @@ class PipeBroadcast:
                 self.links[w].wait_ack(max(0.0, deadline - time.monotonic()))
             except WorkerRejectedError as err:
                 rejections.update(err.rejections)
-                self._has_staging.add(w)  # it received the handle, only refused the layout
+                self._has_staging.add((w, slot))  # it got the handle, only refused the layout
                 continue
             except (SyncTimeoutError, PeerDiedError) as err:
                 self.acked_versions[w] = None  # unknown: it may hold a partial copy
@@ -349,14 +373,15 @@ class PipeBroadcast:
                     )
                 failures.append(err)
                 continue
-            self._has_staging.add(w)
+            self._has_staging.add((w, slot))
             self.acked_versions[w] = version
         if failures:
-            # A worker that timed out may still copy the staging buffer later: retire it, so that
-            # nothing (not the next send, not the trainer's optimizer when its model is bound to
-            # it) writes into it again; the next send stages into a fresh buffer. The late copy
-            # then holds exactly this version, never a mix of versions.
-            self.staging = None
+            # A worker that timed out may still copy a staging buffer later: retire them, so
+            # that nothing (not the next send, not the trainer's optimizer when its model is
+            # bound to one) writes into them again; the next send stages into a fresh buffer.
+            # The late copy then holds exactly this version, never a mix of versions.
+            self.buffers = [None, None]
+            self._lent = False
             self._has_staging.clear()
             workers = [w for f in failures for w in f.workers]
             raise type(failures[0])("; ".join(str(f) for f in failures), workers=workers)
@@ -380,7 +405,7 @@ class PipeReader:
 
     def __init__(self, pipe: Connection, timeout: float = 10.0):
         self.link = MPTransport(pipe, timeout)
-        self.staging: FlatBuffer | None = None
+        self.stagings: dict[int, FlatBuffer] = {}  # per slot, as the trainer handed them out
 
     @property
     def closed(self) -> bool:
@@ -399,8 +424,8 @@ class PipeReader:
             )
             return None
         if payload.buffer is not None:
-            self.staging = payload.buffer
-        return Update(model_id, version, self.staging, zero_copy=False)
+            self.stagings[payload.slot] = payload.buffer
+        return Update(model_id, version, self.stagings[payload.slot], zero_copy=False)
 
     def acknowledge(self, update: Update) -> None:
         self.link.send_ack()

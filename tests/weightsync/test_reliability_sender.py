@@ -1,0 +1,95 @@
+"""What a trainer hands ``send``: it goes to the workers as given, or is refused before anything
+moves, and never touches the trainer's own model.
+
+Each case runs against real spawned workers (pipe and shared-mem): after a send of given weights
+the trainer's model is exactly as it was; after a refused or failed send the sender's version did
+not move and every worker still holds the last good version.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers.fleet import NUM_WORKERS, Fleet
+from tests.helpers.models import assert_same_state, make_model, perturb, state_of
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=["pipe", "shared-mem"])
+def fleet(request):
+    fleet = Fleet(request.param, reject_non_finite=False)
+    yield fleet
+    fleet.close()
+
+
+def _other_values() -> dict:
+    """Weights of the trainer's architecture with other values (another model's weights)."""
+    return state_of(make_model(7))
+
+
+def _with_nan() -> dict:
+    weights = _other_values()
+    weights["head.weight"][0, 0] = float("nan")
+    return weights
+
+
+def _non_contiguous() -> dict:
+    weights = _other_values()
+    weights["head.weight"] = weights["head.weight"].t().contiguous().t()
+    assert not weights["head.weight"].is_contiguous()
+    return weights
+
+
+def _same(got, want) -> bool:
+    """Equal values (NaN equal to NaN), or equal objects (extra state)."""
+    if not torch.is_tensor(want):
+        return got == want
+    return torch.equal(got.isnan(), want.isnan()) and torch.equal(
+        got.nan_to_num(), want.nan_to_num()
+    )
+
+
+GIVEN = {
+    "another model's weights": _other_values,
+    "NaN": _with_nan,
+    "non-contiguous": _non_contiguous,
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", list(GIVEN))
+def test_given_weights_reach_the_workers_and_never_the_trainers_model(fleet, name):
+    trainer_before = state_of(fleet.model)
+    given = GIVEN[name]()
+    fleet.scheme.send(given)
+    assert_same_state(state_of(fleet.model), trainer_before, "the trainer's model")
+    version = fleet.sender.version
+    for w, (held, state) in enumerate(fleet.worker_states(version)):
+        assert held == version, f"worker {w} holds version {held}, not {version}"
+        for key, want in given.items():
+            assert _same(state[key], want), f"worker {w}: {key} is not what was sent"
+
+    fleet.scheme.send()  # and the trainer's own weights still go out as they are
+    fleet.assert_workers_hold(fleet.sender.version, trainer_before)
+
+
+@pytest.mark.timeout(120)
+def test_a_send_that_fails_midway_changes_nothing_and_spends_no_version(fleet):
+    perturb(fleet.model, 1)
+    fleet.scheme.send()
+    version, trainer_before = fleet.sender.version, state_of(fleet.model)
+    given = _other_values()
+    given["_extra_state"] = {"updates": "x" * 100_000}  # more than the room laid out for it
+    with pytest.raises(ValueError, match="extra state grew"):
+        fleet.scheme.send(given)  # fails after the tensors were staged
+    assert fleet.sender.version == version, "a failed send spent a version"
+    assert_same_state(state_of(fleet.model), trainer_before, "the trainer's model")
+    fleet.assert_workers_hold(version, trainer_before)
+    assert set(fleet.sender.acked_versions.values()) == {version}
+    assert len(fleet.sender.acked_versions) == NUM_WORKERS
+
+    perturb(fleet.model, 1)  # still usable
+    fleet.scheme.send()
+    fleet.assert_workers_hold(fleet.sender.version, state_of(fleet.model))
