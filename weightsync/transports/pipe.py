@@ -7,16 +7,25 @@ memory crosses as a handle, not as bytes; the pipe scheme uses this to send one 
 buffer once and tiny "apply version N" messages after that.
 
 Every wait has a time-out, and an error names the peer, the model and the version: a dead peer
-(end of file on the pipe) is a :class:`~weightsync.errors.PeerDiedError` at once, a silent one a
+is a :class:`~weightsync.errors.PeerDiedError` at once, a silent one a
 :class:`~weightsync.errors.SyncTimeoutError` after ``timeout`` seconds.
+
+A dead peer is seen in two ways. End of file on the pipe works only once every copy of the
+peer's end is closed, and a trainer that started its workers usually still holds theirs. So a
+worker's end also introduces itself: before its first message it sends ``("hello", "", 0, pid)``,
+and the trainer's end watches that process through a pidfd (Linux 5.3+), which becomes readable
+when the process exits; every wait for the worker waits on the pipe and the pidfd together.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import socket
 import time
-from multiprocessing.connection import Connection
+import weakref
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import torch.multiprocessing  # noqa: F401  (registers the tensor reductions used by pickling)
@@ -31,7 +40,20 @@ from weightsync.flat import FlatBuffer
 from weightsync.transports.base import Update
 from weightsync.weights import FlatWeights
 
-WEIGHTS, ACK, ERROR, CLOSE = "weights", "ack", "error", "close"
+WEIGHTS, ACK, ERROR, CLOSE, HELLO = "weights", "ack", "error", "close", "hello"
+
+
+def _watch_process(pid: int) -> int | None:
+    """A pidfd of process ``pid`` (readable once it has exited), or None where the system
+    offers none or the process is already gone."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _is_readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 class MPTransport:
@@ -62,6 +84,9 @@ class MPTransport:
         self.worker_id = worker_id
         self.peer = "the trainer" if worker_id is None else f"worker {worker_id}"
         self.closed = False
+        self.peer_pid: int | None = None  # the worker's process, once it introduced itself
+        self._peer_watch: int | None = None  # a pidfd of it, readable once it has exited
+        self._introduced = False  # whether this (worker's) end has sent its pid
         self._next_version = 0
         self._awaiting: tuple[str, int] | None = None  # (model_id, version) sent, not yet acked
         self.last_received: tuple[str, int] | None = None  # (model_id, version) on the worker
@@ -126,6 +151,7 @@ class MPTransport:
                 self.pipe.send((CLOSE, "", 0, None))
             self.pipe.close()
             self.closed = True
+        self._unwatch()
 
     # ------------------------------------------------------------------------------ worker side
     def receive_weights(self, timeout: float = 1.0) -> tuple[str, Any] | None:
@@ -136,9 +162,11 @@ class MPTransport:
         """
         if self.closed:
             return None
-        if not self.pipe.poll(timeout):
+        self._introduce()  # before the first update arrives: the trainer can watch us from now on
+        message = self._next_message(timeout, "send weights")
+        if message is None:
             return None
-        kind, model_id, version, payload = self._recv(0, "send weights")
+        kind, model_id, version, payload = message
         if kind == CLOSE:
             self.closed = True
             return None
@@ -181,10 +209,33 @@ class MPTransport:
             return False
         try:
             if not self.pipe.poll(0):
-                return True  # nothing to read: open and quiet
+                return not self._peer_exited()  # nothing to read: quiet, or gone
             return not self._peer_closed()
         except (OSError, EOFError):
             return False
+
+    def _peer_exited(self) -> bool:
+        """Whether the worker this end watches (see :meth:`_introduce`) has exited."""
+        return self._peer_watch is not None and _is_readable(self._peer_watch)
+
+    def _introduce(self) -> None:
+        """On a worker's end, send this process's id once, before anything else."""
+        if self.worker_id is None and not self._introduced:
+            self._introduced = True
+            with contextlib.suppress(OSError, EOFError):  # a dead trainer is found by the caller
+                self.pipe.send((HELLO, "", 0, os.getpid()))
+
+    def _watch(self, pid: int) -> None:
+        """Watch the worker that introduced itself as ``pid``."""
+        self._unwatch()
+        self.peer_pid, self._peer_watch = pid, _watch_process(pid)
+        if self._peer_watch is not None:
+            self._finalizer = weakref.finalize(self, os.close, self._peer_watch)
+
+    def _unwatch(self) -> None:
+        if self._peer_watch is not None:
+            self._finalizer()  # closes the pidfd, once
+            self._peer_watch = None
 
     def _peer_closed(self) -> bool:
         """Peek (without consuming a message) whether the readable pipe is at end of file."""
@@ -200,6 +251,7 @@ class MPTransport:
             sock.detach()
 
     def _send(self, message: tuple, model_id: str, version: int) -> None:
+        self._introduce()
         try:
             self.pipe.send(message)
         except (OSError, EOFError, BrokenPipeError) as err:
@@ -209,15 +261,34 @@ class MPTransport:
                 workers=self._as_workers(),
             ) from err
 
+    def _next_message(self, timeout: float, doing: str) -> tuple[str, str, int, Any] | None:
+        """The peer's next message within ``timeout`` s (None if none came); a peer's
+        introduction is taken in passing. PeerDiedError when the peer is gone."""
+        deadline = time.monotonic() + timeout
+        while True:
+            watched = [self.pipe] if self._peer_watch is None else [self.pipe, self._peer_watch]
+            try:
+                if not wait(watched, max(0.0, deadline - time.monotonic())):
+                    return None
+                if not self.pipe.poll(0):  # only the watched process is readable: it exited
+                    raise PeerDiedError(
+                        f"{self.peer} (process {self.peer_pid}) exited before it could {doing}",
+                        workers=self._as_workers(),
+                    )
+                message = self.pipe.recv()
+            except (EOFError, OSError) as err:
+                raise PeerDiedError(
+                    f"{self.peer} closed its pipe (process died?) before it could {doing}",
+                    workers=self._as_workers(),
+                ) from err
+            if message[0] != HELLO:
+                return message
+            if self.worker_id is not None:  # a worker's introduction: watch its process
+                self._watch(message[3])
+
     def _recv(self, timeout: float | None, doing: str) -> tuple[str, str, int, Any]:
         timeout = self.timeout if timeout is None else timeout
-        try:
-            message = self.pipe.recv() if self.pipe.poll(timeout) else None
-        except (EOFError, OSError) as err:
-            raise PeerDiedError(
-                f"{self.peer} closed its pipe (process died?) before it could {doing}",
-                workers=self._as_workers(),
-            ) from err
+        message = self._next_message(timeout, doing)
         if message is None:
             raise SyncTimeoutError(
                 f"{self.peer} did not {doing} within {timeout:g} s; it may be stuck or "
