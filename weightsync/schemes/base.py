@@ -28,6 +28,7 @@ from weightsync.legacy import LegacySchemeAPI
 from weightsync.sources import resolve_model
 from weightsync.strategy import WeightFormat, WeightStrategy
 from weightsync.transports.base import ReceiverTransport, SenderTransport
+from weightsync.transports.lifetime import close_at_exit, closed
 
 _RUNTIME = ("_context", "_model", "_sender", "_receiver", "_transport", "_pipes", "_pipe")
 
@@ -123,6 +124,7 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
         self._transport = self._build_sender_transport(
             self._pipes, kwargs.get("num_workers", getattr(context, "num_workers", None))
         )
+        close_at_exit(self._transport)  # workers exit even if shutdown() is never called
         self._sender = self._new_sender()
         self.role = "sender"
 
@@ -231,5 +233,6 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
         """Release pipes, buffers and threads; the scheme can be initialised again after."""
         if self._transport is not None:
             self._transport.close()
+            closed(self._transport)
         self._reset_runtime()
         self.role = None
