@@ -11,6 +11,7 @@ checked by :func:`validate`, which ``run.py`` calls before any process starts an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -206,8 +207,8 @@ def _validate_training(cfg: DictConfig) -> None:
         "learner.lr": learner.lr,
     }
     for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{key}={value} is not allowed: it must be a number > 0.")
+        if not value > 0 or not math.isfinite(value):
+            raise ConfigError(f"{key}={value} is not allowed: it must be a finite number > 0.")
     sizes = list(cfg.model.hidden_sizes)
     if not sizes or min(sizes) < 1:
         raise ConfigError(

@@ -23,6 +23,7 @@ from weightsync.flat import FlatBuffer, can_alias, copy_bytes
 from weightsync.legacy import LegacySenderAPI
 from weightsync.sources import prepare_weights
 from weightsync.strategy import WeightStrategy
+from weightsync.timeouts import check_timeout
 from weightsync.transports.base import ReceiverTransport, SenderTransport, Update
 from weightsync.weights import (
     FlatWeights,
@@ -140,6 +141,8 @@ class WeightSender(LegacySenderAPI):
             raise RuntimeError(
                 f"wait_async() called for model {self.model_id!r} with no send pending"
             )
+        if timeout is not None:
+            check_timeout(timeout)
         self._pending = None
         try:
             self.transport.finish(timeout)
@@ -148,6 +151,8 @@ class WeightSender(LegacySenderAPI):
 
     def connect(self, timeout: float | None = None) -> None:
         """Send the initial weights to every worker and wait until each has them."""
+        if timeout is not None:
+            check_timeout(timeout)  # before anything is sent
         self.send_async()
         self.wait_async(timeout)
 
@@ -258,7 +263,7 @@ class WeightReceiver:
 
     def receive(self, timeout: float = 0.001) -> bool:
         """Apply new weights if some arrive within ``timeout`` s; True when applied."""
-        update = self.transport.poll(timeout)
+        update = self.transport.poll(check_timeout(timeout, allow_zero=True))
         if update is None:
             return False
         if self._applied_any and update.version <= self.version:
@@ -280,6 +285,7 @@ class WeightReceiver:
     def connect(self, timeout: float) -> None:
         """Wait for the initial weights; SyncTimeoutError naming the model if none come, or
         WeightMismatchError if they came but do not fit this worker's model."""
+        check_timeout(timeout)
         if not self.transport.carries_weights:
             return
         if not self.receive(timeout):

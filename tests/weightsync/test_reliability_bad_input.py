@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from tests.helpers.fleet import NUM_WORKERS, Fleet
+from tests.helpers.inprocess import connected_pair
 from tests.helpers.models import make_model, perturb, state_of
 from weightsync import (
     ModelGroup,
     ModelPathError,
+    MPTransport,
     NonFiniteWeightsError,
     SyncTimeoutError,
     WeightMismatchError,
@@ -355,4 +357,71 @@ def test_worker_whose_trainer_never_sends_times_out_naming_the_model(backend):
         after = state_of(model)
         assert all(torch.equal(v, after[k]) for k, v in before.items() if torch.is_tensor(v))
     finally:
+        _close(ends)
+
+
+# ------------------------------------------------------------------------- timeouts, where given
+INF = float("inf")
+BAD_TIMEOUTS = [INF, -1, 0, float("nan"), "10s"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", ["pipe", "shared-mem", "none"])
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS, ids=repr)
+def test_every_timeout_is_refused_where_it_is_given(backend, timeout):
+    """The scheme's own, and each call's: a clear ValueError before anything waits or moves."""
+    with pytest.raises(ValueError, match=r"timeout must be a positive number of seconds, got"):
+        WeightSyncScheme.from_backend(backend, timeout=timeout)
+    pair = connected_pair(backend, make_model(0), make_model(1))
+    try:
+        sender = pair.trainer.get_sender()
+        version = sender.version
+        for call in (
+            lambda: pair.trainer.connect(timeout),
+            lambda: sender.connect(timeout),
+            lambda: pair.worker.connect(timeout),
+        ):
+            with pytest.raises(ValueError, match="timeout must be a positive number") as info:
+                call()
+            assert timeout != INF or "waiting forever is not supported" in str(info.value)
+        pair.trainer.send_async()
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            pair.trainer.wait_async(timeout)
+        pair.worker.receive(5.0)  # (a pipe worker answers only when it receives)
+        pair.trainer.wait_async()  # the send itself is intact
+        assert sender.version == version + 1
+        if timeout != 0:  # a poll may look without waiting
+            with pytest.raises(ValueError, match="timeout must be a non-negative number"):
+                pair.worker.receive(timeout)
+        else:
+            pair.worker.receive(timeout)
+    finally:
+        pair.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS, ids=repr)
+def test_a_pipe_transports_timeouts_are_refused_where_given(timeout):
+    trainer_ends, worker_ends, ends = _pipes(1)
+    try:
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            MPTransport(trainer_ends[0], timeout=timeout, worker_id=0)
+        if timeout != 0:
+            with pytest.raises(ValueError, match="timeout must be a non-negative number"):
+                MPTransport(worker_ends[0]).receive_weights(timeout)
+    finally:
+        _close(ends)
+
+
+@pytest.mark.timeout(30)
+def test_zero_snapshot_buffers_is_refused_not_taken_for_the_default():
+    trainer_ends, _, ends = _pipes(1)
+    try:
+        scheme = WeightSyncScheme.from_backend("shared-mem", num_buffers=0)
+        scheme.init_on_sender("policy", model=make_model(), pipes=trainer_ends)
+        with pytest.raises(ValueError, match=r"num_buffers must be in \[2, 64\], got 0"):
+            scheme.connect()
+        assert scheme.get_sender().version == 0
+    finally:
+        scheme.shutdown()
         _close(ends)

@@ -27,6 +27,7 @@ from weightsync.endpoints import WeightReceiver, WeightSender
 from weightsync.legacy import LegacySchemeAPI
 from weightsync.sources import resolve_model
 from weightsync.strategy import WeightFormat, WeightStrategy
+from weightsync.timeouts import check_timeout
 from weightsync.transports.base import ReceiverTransport, SenderTransport
 from weightsync.transports.lifetime import close_at_exit, closed
 
@@ -63,9 +64,7 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
         bind_source: bool = True,
     ):
         self.strategy = WeightStrategy(strategy)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self.reject_non_finite = reject_non_finite
         self.bind_source = bind_source
         self.model_id: str | None = None
@@ -205,6 +204,8 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
                 f"{type(self).__name__} is not initialised: call init_on_sender() (trainer) or "
                 "init_on_receiver() / init_on_worker() (worker) before connect()"
             )
+        if timeout is not None:
+            check_timeout(timeout)
         if self.role == "sender":
             self.get_sender().connect(timeout)
         else:

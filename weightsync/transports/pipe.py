@@ -37,6 +37,7 @@ from weightsync.errors import (
     WorkerRejectedError,
 )
 from weightsync.flat import FlatBuffer
+from weightsync.timeouts import check_timeout
 from weightsync.transports.base import Update
 from weightsync.weights import FlatWeights
 
@@ -80,7 +81,7 @@ class MPTransport:
         self, pipe_connection: Connection, timeout: float = 10.0, worker_id: int | None = None
     ):
         self.pipe = pipe_connection
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self.worker_id = worker_id
         self.peer = "the trainer" if worker_id is None else f"worker {worker_id}"
         self.closed = False
@@ -120,6 +121,8 @@ class MPTransport:
         """
         if self._awaiting is None:
             raise RuntimeError("wait_ack() called with no send pending")
+        if timeout is not None:
+            check_timeout(timeout, allow_zero=True)  # 0: only what has already arrived
         model_id, version = self._awaiting
         try:
             while True:
@@ -160,6 +163,7 @@ class MPTransport:
         Returns None (and sets ``closed``) when the trainer closed the connection cleanly;
         raises PeerDiedError if the trainer vanished without closing.
         """
+        timeout = check_timeout(timeout, allow_zero=True)
         if self.closed:
             return None
         self._introduce()  # before the first update arrives: the trainer can watch us from now on

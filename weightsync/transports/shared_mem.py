@@ -194,7 +194,7 @@ class SharedMemTransport:
         ring = SnapshotRing.create(
             flat,
             num_readers=len(self.links),
-            num_buffers=self.num_buffers or len(self.links) + 2,
+            num_buffers=len(self.links) + 2 if self.num_buffers is None else self.num_buffers,
         )
         ring.buffers[0].write(flat)
         ring.publish(0, version)
