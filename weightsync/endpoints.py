@@ -28,8 +28,10 @@ from weightsync.transports.base import ReceiverTransport, SenderTransport, Updat
 from weightsync.weights import (
     FlatWeights,
     check_finite,
+    check_materialized,
     copy_weights,
     flatten_weights,
+    meta_keys,
     set_extra_states,
     weight_mismatches,
 )
@@ -125,6 +127,8 @@ class WeightSender(LegacySenderAPI):
             self._pending = self.version
             return
         flat, source = self._outgoing(weights)
+        if source is None:  # (a bound model lives in a real buffer: it cannot be on meta)
+            check_materialized(flat, self.model_id)
         if self.reject_non_finite:
             check_finite(flat, self.model_id)
         if isinstance(worker_ids, int):
@@ -314,6 +318,11 @@ class WeightReceiver:
         if shape != self._validated:
             incoming = update.buffer.layout.as_meta_weights(update.buffer.extra_keys)
             problems = weight_mismatches(live, incoming)
+            problems += [
+                f"{key!r}: this worker's tensor is on the meta device (no data to write into); "
+                "materialise the model, e.g. module.to_empty(device='cpu'), before connect()"
+                for key in meta_keys(live)
+            ]
             if problems:
                 raise WeightMismatchError(self.model_id, problems)
             self._validated = shape

@@ -20,7 +20,7 @@ import torch
 from tensordict import TensorDictBase
 from torch import nn
 
-from weightsync.errors import NonFiniteWeightsError, WeightSyncError
+from weightsync.errors import NonFiniteWeightsError, UnmaterializedWeightsError, WeightSyncError
 
 #: Key under which a module's ``get_extra_state()`` travels in the tensordict format.
 EXTRA_STATE_KEY = "__extra_state__"
@@ -234,6 +234,22 @@ def check_finite(flat: FlatWeights, model_id: str | None = None) -> None:
             f"weights of model {model_id!r} hold NaN/inf in {bad}; the update was refused and "
             "workers keep their previous weights. Fix the training instability, or build the "
             "scheme with reject_non_finite=False to let such weights through."
+        )
+
+
+def meta_keys(flat: FlatWeights) -> list[str]:
+    """The keys of tensors on the ``meta`` device (shapes, no data)."""
+    return [key for key, tensor in flat.tensors.items() if tensor.is_meta]
+
+
+def check_materialized(flat: FlatWeights, model_id: str | None = None) -> None:
+    """Raise UnmaterializedWeightsError naming every tensor of ``flat`` on the meta device."""
+    keys = meta_keys(flat)
+    if keys:
+        raise UnmaterializedWeightsError(
+            f"weights of model {model_id!r} are on the meta device (shapes without data) in "
+            f"{keys}; nothing was sent and the version did not move. Materialise them first, "
+            "e.g. module.to_empty(device='cpu') and then load or initialise the weights."
         )
 
 

@@ -3,7 +3,8 @@ moves, and never touches the trainer's own model.
 
 Each case runs against real spawned workers (pipe and shared-mem): after a send of given weights
 the trainer's model is exactly as it was; after a refused or failed send the sender's version did
-not move and every worker still holds the last good version.
+not move and every worker still holds the last good version. Weights on the meta device (or a
+meta model, on either side) are refused with an error naming the keys, never a silent no-op.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.helpers.fault_workers import meta_worker
 from tests.helpers.fleet import NUM_WORKERS, Fleet
 from tests.helpers.models import assert_same_state, make_model, perturb, state_of
+from weightsync import UnmaterializedWeightsError, WeightSyncScheme, WorkerRejectedError
 
 pytestmark = pytest.mark.slow
 
@@ -93,3 +96,61 @@ def test_a_send_that_fails_midway_changes_nothing_and_spends_no_version(fleet):
     perturb(fleet.model, 1)  # still usable
     fleet.scheme.send()
     fleet.assert_workers_hold(fleet.sender.version, state_of(fleet.model))
+
+
+# ---------------------------------------------------------------------- the meta device
+@pytest.mark.timeout(120)
+def test_meta_weights_are_refused_naming_the_keys_and_spend_no_version(fleet):
+    version, trainer_before = fleet.sender.version, state_of(fleet.model)
+    meta = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in _other_values().items()}
+    with pytest.raises(UnmaterializedWeightsError, match="meta device") as info:
+        fleet.scheme.send(meta)
+    assert "'head.weight'" in str(info.value) and "'policy'" in str(info.value)
+    assert fleet.sender.version == version, "a refused send spent a version"
+    assert_same_state(state_of(fleet.model), trainer_before, "the trainer's model")
+    fleet.assert_workers_hold(version, trainer_before)
+
+    perturb(fleet.model, 1)  # still usable
+    fleet.scheme.send()
+    fleet.assert_workers_hold(fleet.sender.version, state_of(fleet.model))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["pipe", "shared-mem"])
+def test_a_meta_trainer_model_is_refused_before_anything_is_sent(procs, backend):
+    here, _there = procs.pipe()
+    scheme = WeightSyncScheme.from_backend(backend, timeout=2.0)
+    scheme.init_on_sender("policy", model=make_model(0).to("meta"), pipes=[here])
+    try:
+        for call in (scheme.connect, scheme.send):
+            with pytest.raises(UnmaterializedWeightsError, match=r"'encoder\.0\.weight'"):
+                call()
+        assert scheme.get_sender().version == 0
+        assert not _there.poll(0.2), "something was sent to the worker"
+    finally:
+        scheme.shutdown()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["pipe", "shared-mem"])
+def test_a_meta_worker_model_refuses_the_weights_and_keeps_version_0(procs, backend):
+    """Writing into a meta tensor does nothing: an update 'applied' to it would be a silent
+    no-op with a version that lies. The worker refuses it, naming the keys; the trainer is told."""
+    scheme = WeightSyncScheme.from_backend(backend, timeout=10.0)
+    here, there = procs.pipe()
+    ctl_here, ctl_there = procs.pipe()
+    procs.start(meta_worker, scheme, there, ctl_there)
+    assert ctl_here.poll(60) and ctl_here.recv()[0] == "ready"
+    scheme.init_on_sender("policy", model=make_model(0), pipes=[here])
+    try:
+        with pytest.raises(WorkerRejectedError, match="meta device") as info:
+            scheme.connect()
+        assert info.value.workers == [0]
+        assert ctl_here.poll(60)
+        kind, *report = ctl_here.recv()
+        assert kind == "refused", report
+        error, message, version = report
+        assert error == "WeightMismatchError" and "'head.weight'" in message, report
+        assert version == 0, "the worker claims a version it does not hold"
+    finally:
+        scheme.shutdown()
