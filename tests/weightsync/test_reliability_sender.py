@@ -14,7 +14,15 @@ import torch
 
 from tests.helpers.fault_workers import meta_worker
 from tests.helpers.fleet import NUM_WORKERS, Fleet
-from tests.helpers.models import assert_same_state, make_model, perturb, state_of
+from tests.helpers.models import (
+    TiedEmbedding,
+    assert_same_state,
+    make_model,
+    perturb,
+    state_of,
+)
+from tests.helpers.spawned import serve_models
+from tests.helpers.workers import ask
 from weightsync import UnmaterializedWeightsError, WeightSyncScheme, WorkerRejectedError
 
 pytestmark = pytest.mark.slow
@@ -152,5 +160,37 @@ def test_a_meta_worker_model_refuses_the_weights_and_keeps_version_0(procs, back
         error, message, version = report
         assert error == "WeightMismatchError" and "'head.weight'" in message, report
         assert version == 0, "the worker claims a version it does not hold"
+    finally:
+        scheme.shutdown()
+
+
+# ---------------------------------------------------------------------- tied parameters
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["pipe", "shared-mem"])
+def test_a_state_dict_of_a_model_with_tied_parameters_is_accepted(procs, backend):
+    """``module.state_dict()`` lists a tied tensor under every name; the format is documented as
+    "like module.state_dict()", so it is sent as the one tensor it is, and stays tied."""
+    torch.manual_seed(0)
+    trainer = TiedEmbedding()
+    assert "head.weight" in trainer.state_dict() and "embed.weight" in trainer.state_dict()
+    scheme = WeightSyncScheme.from_backend(backend, strategy="state_dict", timeout=30.0)
+    here, there = procs.pipe()
+    ctl, ctl_there = procs.pipe()
+    scheme.init_on_sender("policy", model=trainer, pipes=[here])
+    torch.manual_seed(1)
+    procs.start(
+        serve_models, {"policy": scheme}, {"policy": there}, {"policy": TiedEmbedding()}, ctl_there
+    )
+    assert ctl.poll(60) and ctl.recv()[0] == "unpickled"
+    try:
+        scheme.connect()
+        with torch.no_grad():
+            trainer.embed.weight.mul_(-2)
+        scheme.send(trainer.state_dict())
+        version = scheme.get_sender().version
+        _, held, states = ask(ctl, "state", 30.0, {"policy": version})
+        assert held == {"policy": version}
+        assert_same_state(states["policy"], state_of(trainer), "the worker")
+        ctl.send(("stop",))
     finally:
         scheme.shutdown()
