@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tensordict import TensorDict
 
 from tests.helpers.fleet import NUM_WORKERS, Fleet
 from tests.helpers.inprocess import connected_pair
@@ -102,6 +103,26 @@ BAD_WEIGHTS = [
         _as_tensordict,
         WeightSyncError,
         ["'head.weight'", "found shape (5, 8)"],
+    ),
+    (
+        "another model's state_dict",
+        lambda sd: torch.nn.Linear(8, 2).state_dict(),
+        WeightSyncError,
+        ["missing key 'encoder.0.weight'", "unexpected key 'weight'", "unexpected key 'bias'"],
+    ),
+    (
+        "another model's tensordict",
+        lambda sd: WeightStrategy("tensordict").extract_weights(
+            torch.nn.Sequential(torch.nn.Linear(8, 2))
+        ),
+        WeightSyncError,
+        ["missing key 'head.weight'", "unexpected key '0.weight'"],
+    ),
+    (
+        "tensordict nested one level too deep",
+        lambda sd: TensorDict({"policy": WeightStrategy("tensordict").extract_weights(sd)}),
+        WeightSyncError,
+        ["missing key 'head.weight'", "unexpected key 'policy.head.weight'"],
     ),
     (
         "NaN",
