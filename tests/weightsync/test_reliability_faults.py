@@ -189,6 +189,33 @@ def test_frozen_pipe_worker_is_named_within_the_timeout_and_catches_up_once_thaw
 
 
 @pytest.mark.timeout(90)
+def test_frozen_shared_mem_worker_holds_up_no_send_and_catches_up_once_thawed(procs):
+    """Shared-mem publishes snapshots that workers adopt when they next receive: a frozen worker
+    makes no send wait (there is a free buffer for every worker, num_workers + 2), and
+    ``acked_versions`` shows the version it still holds, as the README's table says."""
+    scheme = WeightSyncScheme.from_backend("shared-mem", timeout=TIMEOUT_S)
+    pipes, controls, processes = _fleet(procs, scheme, num_workers=2)
+    model = make_model(0)
+    _connect(scheme, model, pipes)
+    sender = scheme.get_sender()
+    held = sender.version
+    os.kill(processes[0].pid, signal.SIGSTOP)
+    try:
+        for _ in range(5):
+            perturb(model, 1)
+            scheme.send()  # never waits for the frozen worker, never raises
+        assert sender.acked_versions[0] == held, sender.acked_versions
+        _assert_survivors_hold(controls, model, sender.version, survivors=[1])
+    finally:
+        os.kill(processes[0].pid, signal.SIGCONT)
+    _assert_survivors_hold(controls, model, sender.version, survivors=[0, 1])  # the newest
+    assert sender.acked_versions == {0: sender.version, 1: sender.version}
+    for ctl in controls:
+        ctl.send(("stop",))
+    scheme.shutdown()
+
+
+@pytest.mark.timeout(90)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_workers_exit_within_seconds_when_the_trainer_is_killed(procs, backend):
     ctl_here, ctl_there = procs.pipe()
