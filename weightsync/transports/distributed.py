@@ -65,7 +65,9 @@ class DistributedBroadcast:
         self.port = self.store.port
         self.store.set(_PENDING, "-1")
         self.group = None
-        self.staging: FlatBuffer | None = None
+        self.staging: FlatBuffer | None = None  # the buffer the trainer's model may live in
+        self._given: FlatBuffer | None = None  # where weights passed to send() are staged
+        self._published_layout: tuple | None = None  # the (layout, extra keys) workers were told
         self.acked_versions: dict[int, int | None] = dict.fromkeys(range(num_workers))
         self._in_flight: tuple[str, int] | None = None
 
@@ -78,8 +80,21 @@ class DistributedBroadcast:
         """The trainer may keep its model in the broadcast buffer itself: sends copy nothing."""
         if self.staging is None or self.staging.mismatches(weights):
             self.staging = FlatBuffer.for_weights(weights, shared=False)
-            self.store.set(_LAYOUT, pickle.dumps((self.staging.layout, self.staging.extra_keys)))
         return self.staging
+
+    def _given_buffer(self, weights: FlatWeights) -> FlatBuffer:
+        """A buffer of its own for weights passed to ``send()``: never the one the trainer's
+        model lives in, which those weights must not overwrite."""
+        if self._given is None or self._given.mismatches(weights):
+            self._given = FlatBuffer.for_weights(weights, shared=False)
+        return self._given
+
+    def _publish_layout(self, buffer: FlatBuffer) -> None:
+        """Tell the workers the layout of the buffer broadcast next, when it changed."""
+        layout = (buffer.layout, buffer.extra_keys)
+        if layout != self._published_layout:
+            self.store.set(_LAYOUT, pickle.dumps(layout))
+            self._published_layout = layout
 
     def retired(self, buffer: FlatBuffer) -> bool:
         return False
@@ -99,8 +114,10 @@ class DistributedBroadcast:
                 f"(got {worker_ids})"
             )
         self.rendezvous()
-        staging = self.source_buffer(weights)
-        staging.write(weights)
+        bound = source is not None and source is self.staging  # the trainer's model lives in it
+        staging = source if bound else self._given_buffer(weights)
+        staging.write(weights)  # (a bound model's tensors are already in place: not copied)
+        self._publish_layout(staging)
         self.store.set(f"extra/{version}", pickle.dumps(weights.extra))
         self.store.set(_PENDING, str(version))
         try:
