@@ -15,6 +15,7 @@ Defaults have one source (``experiments/common/config.py``): the constructor of 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -180,8 +181,8 @@ def validate(cfg: DictConfig) -> None:
         "learner.lr": learner.lr,
     }
     for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{key}={value} is not allowed: it must be a number > 0.")
+        if not value > 0 or not math.isfinite(value):
+            raise ConfigError(f"{key}={value} is not allowed: it must be a finite number > 0.")
     num_buffers = cfg.sync.get("num_buffers")
     if num_buffers is not None and not 2 <= num_buffers <= MAX_SHARED_MEM_BUFFERS:
         raise ConfigError(

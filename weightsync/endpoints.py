@@ -23,12 +23,15 @@ from weightsync.flat import FlatBuffer, can_alias, copy_bytes
 from weightsync.legacy import LegacySenderAPI
 from weightsync.sources import prepare_weights
 from weightsync.strategy import WeightStrategy
+from weightsync.timeouts import check_timeout
 from weightsync.transports.base import ReceiverTransport, SenderTransport, Update
 from weightsync.weights import (
     FlatWeights,
     check_finite,
+    check_materialized,
     copy_weights,
     flatten_weights,
+    meta_keys,
     set_extra_states,
     weight_mismatches,
 )
@@ -124,6 +127,8 @@ class WeightSender(LegacySenderAPI):
             self._pending = self.version
             return
         flat, source = self._outgoing(weights)
+        if source is None:  # (a bound model lives in a real buffer: it cannot be on meta)
+            check_materialized(flat, self.model_id)
         if self.reject_non_finite:
             check_finite(flat, self.model_id)
         if isinstance(worker_ids, int):
@@ -140,6 +145,8 @@ class WeightSender(LegacySenderAPI):
             raise RuntimeError(
                 f"wait_async() called for model {self.model_id!r} with no send pending"
             )
+        if timeout is not None:
+            check_timeout(timeout)
         self._pending = None
         try:
             self.transport.finish(timeout)
@@ -148,6 +155,8 @@ class WeightSender(LegacySenderAPI):
 
     def connect(self, timeout: float | None = None) -> None:
         """Send the initial weights to every worker and wait until each has them."""
+        if timeout is not None:
+            check_timeout(timeout)  # before anything is sent
         self.send_async()
         self.wait_async(timeout)
 
@@ -263,7 +272,7 @@ class WeightReceiver:
 
     def receive(self, timeout: float = 0.001) -> bool:
         """Apply new weights if some arrive within ``timeout`` s; True when applied."""
-        update = self.transport.poll(timeout)
+        update = self.transport.poll(check_timeout(timeout, allow_zero=True))
         if update is None:
             return False
         if self._applied_any and update.version <= self.version:
@@ -285,6 +294,7 @@ class WeightReceiver:
     def connect(self, timeout: float) -> None:
         """Wait for the initial weights; SyncTimeoutError naming the model if none come, or
         WeightMismatchError if they came but do not fit this worker's model."""
+        check_timeout(timeout)
         if not self.transport.carries_weights:
             return
         if not self.receive(timeout):
@@ -313,6 +323,11 @@ class WeightReceiver:
         if shape != self._validated:
             incoming = update.buffer.layout.as_meta_weights(update.buffer.extra_keys)
             problems = weight_mismatches(live, incoming)
+            problems += [
+                f"{key!r}: this worker's tensor is on the meta device (no data to write into); "
+                "materialise the model, e.g. module.to_empty(device='cpu'), before connect()"
+                for key in meta_keys(live)
+            ]
             if problems:
                 raise WeightMismatchError(self.model_id, problems)
             self._validated = shape

@@ -46,6 +46,11 @@ class NonFiniteWeightsError(WeightSyncError, ValueError):
     """Weights hold NaN or infinite values and the scheme was asked to refuse them."""
 
 
+class UnmaterializedWeightsError(WeightSyncError, ValueError):
+    """Weights (or a model) on PyTorch's ``meta`` device: shapes without data, so there is
+    nothing to send, or nothing to write into. Raised before anything moves."""
+
+
 class SyncTimeoutError(WeightSyncError, TimeoutError):
     """A peer did not answer within the timeout; the message names who and what."""
 

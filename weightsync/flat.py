@@ -215,6 +215,12 @@ class FlatBuffer:
 
         Tensors already living in this buffer (a bound source model) are not copied again.
         """
+        copied = self.write_tensors(weights)
+        self.write_extra(weights.extra)
+        return copied
+
+    def write_tensors(self, weights: FlatWeights) -> int:
+        """The tensor part of :meth:`write`; returns the bytes copied."""
         copied = 0
         with torch.no_grad():
             for key, view in self.views().items():
@@ -222,7 +228,6 @@ class FlatBuffer:
                 if src.data_ptr() != view.data_ptr():
                     view.copy_(src)
                     copied += view.numel() * view.element_size()
-        self.write_extra(weights.extra)
         return copied
 
     def copy_from(self, other: FlatBuffer) -> None:

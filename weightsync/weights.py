@@ -20,7 +20,7 @@ import torch
 from tensordict import TensorDictBase
 from torch import nn
 
-from weightsync.errors import NonFiniteWeightsError, WeightSyncError
+from weightsync.errors import NonFiniteWeightsError, UnmaterializedWeightsError, WeightSyncError
 
 #: Key under which a module's ``get_extra_state()`` travels in the tensordict format.
 EXTRA_STATE_KEY = "__extra_state__"
@@ -154,8 +154,34 @@ class ModuleWeightsCache:
         return FlatWeights(self._detached.tensors, extra)
 
 
+def _tied_key(tensor: torch.Tensor) -> tuple | None:
+    """What two entries share when they are one tied tensor: the same view of the same memory
+    (None for a tensor without memory, which is never taken for a tie)."""
+    if tensor.is_meta or tensor.data_ptr() == 0:
+        return None
+    return (tensor.device, tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride())
+
+
+def _without_ties(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with each tied tensor under its first name only, as :func:`module_weights`
+    lists a module's tied parameters (``module.state_dict()`` lists them under every name)."""
+    seen: set[tuple] = set()
+    kept = {}
+    for key, tensor in tensors.items():
+        tie = _tied_key(tensor)
+        if tie is None or tie not in seen:
+            kept[key] = tensor
+            if tie is not None:
+                seen.add(tie)
+    return kept
+
+
 def flatten_weights(weights: Any) -> FlatWeights:
-    """Convert weights in any accepted format (TensorDict, state_dict, FlatWeights) to flat form."""
+    """Convert weights in any accepted format (TensorDict, state_dict, FlatWeights) to flat form.
+
+    A tensor listed under several names (tied parameters, as ``module.state_dict()`` lists them)
+    is kept under its first name, as the module's own weights are.
+    """
     if isinstance(weights, FlatWeights):
         return weights
     if isinstance(weights, TensorDictBase):
@@ -169,7 +195,7 @@ def flatten_weights(weights: Any) -> FlatWeights:
                 value = weights.get(key)
                 if isinstance(value, torch.Tensor):
                     tensors[".".join(key)] = value
-        return FlatWeights(tensors, extra)
+        return FlatWeights(_without_ties(tensors), extra)
     if isinstance(weights, Mapping):
         tensors, extra = {}, {}
         for key, value in weights.items():
@@ -182,7 +208,7 @@ def flatten_weights(weights: Any) -> FlatWeights:
                     f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor; only "
                     f"tensors and '{STATE_DICT_EXTRA_SUFFIX}' entries can be synchronised"
                 )
-        return FlatWeights(tensors, extra)
+        return FlatWeights(_without_ties(tensors), extra)
     raise ValueError(
         f"cannot read weights from a {type(weights).__name__}: expected a TensorDict, a "
         "state_dict (dict of tensors) or FlatWeights"
@@ -234,6 +260,22 @@ def check_finite(flat: FlatWeights, model_id: str | None = None) -> None:
             f"weights of model {model_id!r} hold NaN/inf in {bad}; the update was refused and "
             "workers keep their previous weights. Fix the training instability, or build the "
             "scheme with reject_non_finite=False to let such weights through."
+        )
+
+
+def meta_keys(flat: FlatWeights) -> list[str]:
+    """The keys of tensors on the ``meta`` device (shapes, no data)."""
+    return [key for key, tensor in flat.tensors.items() if tensor.is_meta]
+
+
+def check_materialized(flat: FlatWeights, model_id: str | None = None) -> None:
+    """Raise UnmaterializedWeightsError naming every tensor of ``flat`` on the meta device."""
+    keys = meta_keys(flat)
+    if keys:
+        raise UnmaterializedWeightsError(
+            f"weights of model {model_id!r} are on the meta device (shapes without data) in "
+            f"{keys}; nothing was sent and the version did not move. Materialise them first, "
+            "e.g. module.to_empty(device='cpu') and then load or initialise the weights."
         )
 
 

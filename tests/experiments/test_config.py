@@ -145,6 +145,8 @@ def test_unknown_options_and_wrong_types_fail_to_compose(make_cfg, override, exp
         (["run.sync_every=0"], ["run.sync_every=0", ">= 1"]),
         (["env.num_envs=-1"], ["env.num_envs=-1", ">= 1"]),
         (["sync.timeout=0"], ["sync.timeout=0", "> 0"]),
+        (["sync.timeout=inf"], ["sync.timeout=inf", "finite"]),
+        (["run.startup_timeout=inf"], ["run.startup_timeout=inf", "finite"]),
         (["model.hidden_sizes=[]"], ["model.hidden_sizes", ">= 1"]),
         (["run.total_frames=100"], ["run.total_frames=100", "2048"]),
         (["learner.minibatches=5000"], ["learner.minibatches=5000", "2048"]),

@@ -132,3 +132,21 @@ def trainer_with_workers(backend: str, num_workers: int, ctl) -> None:
         perturb(model, 1)
         scheme.send()
         time.sleep(0.01)
+
+
+def meta_worker(scheme, pipe, ctl) -> None:
+    """A worker whose model is on the meta device (never materialised): report what its
+    ``connect()`` raised and the version its receiver then claims, as ``("refused", type,
+    message, version)`` (or ``("connected", version)``)."""
+    from tests.helpers.models import make_model
+
+    ctl.send(("ready", os.getpid()))
+    scheme.timeout = max(scheme.timeout, 60.0)
+    scheme.init_on_receiver("policy", model=make_model(1).to("meta"), pipe=pipe)
+    try:
+        scheme.connect()
+    except Exception as err:
+        ctl.send(("refused", type(err).__name__, str(err), scheme.get_receiver().version))
+    else:
+        ctl.send(("connected", scheme.get_receiver().version))
+    scheme.shutdown()

@@ -25,6 +25,21 @@ class Counter(nn.Module):
         self.updates = state["updates"]
 
 
+class TiedEmbedding(nn.Module):
+    """A language-model-like module whose output layer shares the embedding's weight (tied
+    parameters: ``state_dict()`` lists the one tensor under two names)."""
+
+    def __init__(self, vocabulary: int = 6, width: int = 4):
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, width)
+        self.body = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocabulary, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.body(self.embed(tokens))))
+
+
 def make_model(seed: int = 0) -> Counter:
     """A deterministic Counter in eval mode (so outputs depend on weights only)."""
     torch.manual_seed(seed)

@@ -32,7 +32,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "weightsync"
 #: Lowest first. A module imports only modules of a lower layer, or of its own package
 #: (``weightsync.transports.pipe`` imports ``weightsync.transports.base``).
 LAYERS = [
-    {"errors", "launch"},
+    {"errors", "launch", "timeouts"},
     {"paths", "weights"},
     {"flat", "strategy"},
     {"binding", "sources", "group"},

@@ -13,14 +13,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tensordict import TensorDict
 
-from tests.helpers.fault_workers import ready_then_serve
+from tests.helpers.fleet import NUM_WORKERS, Fleet
+from tests.helpers.inprocess import connected_pair
 from tests.helpers.models import make_model, perturb, state_of
-from tests.helpers.processes import Processes
-from tests.helpers.workers import ask
 from weightsync import (
     ModelGroup,
     ModelPathError,
+    MPTransport,
     NonFiniteWeightsError,
     SyncTimeoutError,
     WeightMismatchError,
@@ -30,55 +31,8 @@ from weightsync import (
     WorkerRejectedError,
 )
 
-NUM_WORKERS = 2
-
 
 # ------------------------------------------------------------------ bad weights, real workers
-class Fleet:
-    """A trainer (this process) and spawned workers, shared by the tests of one backend."""
-
-    def __init__(self, backend: str):
-        self.backend = backend
-        self.procs = Processes()
-        self.scheme = WeightSyncScheme.from_backend(
-            backend, strategy="state_dict", timeout=10.0, reject_non_finite=True
-        )
-        self.model = make_model(0)
-        self.context = SimpleNamespace(policy=self.model, models={"policy": self.model})
-        pipes, self.controls = [], []
-        for _ in range(NUM_WORKERS):
-            here, there = self.procs.pipe()
-            ctl_here, ctl_there = self.procs.pipe()
-            self.procs.start(ready_then_serve, self.scheme, there, ctl_there)
-            there.close()
-            pipes.append(here)
-            self.controls.append(ctl_here)
-        for ctl in self.controls:
-            assert ctl.poll(60) and ctl.recv()[0] == "ready"
-        self.scheme.init_on_sender("policy", context=self.context, pipes=pipes)
-        self.scheme.connect()
-        self.sender = self.scheme.get_sender()
-
-    def ask(self, w: int, *command):
-        return ask(self.controls[w], *command, timeout=30.0)
-
-    def worker_states(self, version: int) -> list[tuple[int, dict]]:
-        return [self.ask(w, "sync", version, 10.0)[1:] for w in range(NUM_WORKERS)]
-
-    def assert_workers_hold(self, version: int, state: dict) -> None:
-        for w, (held, got) in enumerate(self.worker_states(version)):
-            assert held == version, f"worker {w} holds version {held}, expected {version}"
-            for key, want in state.items():
-                same = torch.equal(got[key], want) if torch.is_tensor(want) else got[key] == want
-                assert same, f"worker {w}: {key!r} changed"
-
-    def close(self) -> None:
-        for ctl in self.controls:
-            ctl.send(("stop",))
-        self.scheme.shutdown()
-        self.procs.close()
-
-
 @pytest.fixture(scope="module", params=["pipe", "shared-mem"])
 def fleet(request):
     fleet = Fleet(request.param)
@@ -149,6 +103,26 @@ BAD_WEIGHTS = [
         _as_tensordict,
         WeightSyncError,
         ["'head.weight'", "found shape (5, 8)"],
+    ),
+    (
+        "another model's state_dict",
+        lambda sd: torch.nn.Linear(8, 2).state_dict(),
+        WeightSyncError,
+        ["missing key 'encoder.0.weight'", "unexpected key 'weight'", "unexpected key 'bias'"],
+    ),
+    (
+        "another model's tensordict",
+        lambda sd: WeightStrategy("tensordict").extract_weights(
+            torch.nn.Sequential(torch.nn.Linear(8, 2))
+        ),
+        WeightSyncError,
+        ["missing key 'head.weight'", "unexpected key '0.weight'"],
+    ),
+    (
+        "tensordict nested one level too deep",
+        lambda sd: TensorDict({"policy": WeightStrategy("tensordict").extract_weights(sd)}),
+        WeightSyncError,
+        ["missing key 'head.weight'", "unexpected key 'policy.head.weight'"],
     ),
     (
         "NaN",
@@ -404,4 +378,71 @@ def test_worker_whose_trainer_never_sends_times_out_naming_the_model(backend):
         after = state_of(model)
         assert all(torch.equal(v, after[k]) for k, v in before.items() if torch.is_tensor(v))
     finally:
+        _close(ends)
+
+
+# ------------------------------------------------------------------------- timeouts, where given
+INF = float("inf")
+BAD_TIMEOUTS = [INF, -1, 0, float("nan"), "10s"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", ["pipe", "shared-mem", "none"])
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS, ids=repr)
+def test_every_timeout_is_refused_where_it_is_given(backend, timeout):
+    """The scheme's own, and each call's: a clear ValueError before anything waits or moves."""
+    with pytest.raises(ValueError, match=r"timeout must be a positive number of seconds, got"):
+        WeightSyncScheme.from_backend(backend, timeout=timeout)
+    pair = connected_pair(backend, make_model(0), make_model(1))
+    try:
+        sender = pair.trainer.get_sender()
+        version = sender.version
+        for call in (
+            lambda: pair.trainer.connect(timeout),
+            lambda: sender.connect(timeout),
+            lambda: pair.worker.connect(timeout),
+        ):
+            with pytest.raises(ValueError, match="timeout must be a positive number") as info:
+                call()
+            assert timeout != INF or "waiting forever is not supported" in str(info.value)
+        pair.trainer.send_async()
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            pair.trainer.wait_async(timeout)
+        pair.worker.receive(5.0)  # (a pipe worker answers only when it receives)
+        pair.trainer.wait_async()  # the send itself is intact
+        assert sender.version == version + 1
+        if timeout != 0:  # a poll may look without waiting
+            with pytest.raises(ValueError, match="timeout must be a non-negative number"):
+                pair.worker.receive(timeout)
+        else:
+            pair.worker.receive(timeout)
+    finally:
+        pair.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS, ids=repr)
+def test_a_pipe_transports_timeouts_are_refused_where_given(timeout):
+    trainer_ends, worker_ends, ends = _pipes(1)
+    try:
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            MPTransport(trainer_ends[0], timeout=timeout, worker_id=0)
+        if timeout != 0:
+            with pytest.raises(ValueError, match="timeout must be a non-negative number"):
+                MPTransport(worker_ends[0]).receive_weights(timeout)
+    finally:
+        _close(ends)
+
+
+@pytest.mark.timeout(30)
+def test_zero_snapshot_buffers_is_refused_not_taken_for_the_default():
+    trainer_ends, _, ends = _pipes(1)
+    try:
+        scheme = WeightSyncScheme.from_backend("shared-mem", num_buffers=0)
+        scheme.init_on_sender("policy", model=make_model(), pipes=trainer_ends)
+        with pytest.raises(ValueError, match=r"num_buffers must be in \[2, 64\], got 0"):
+            scheme.connect()
+        assert scheme.get_sender().version == 0
+    finally:
+        scheme.shutdown()
         _close(ends)

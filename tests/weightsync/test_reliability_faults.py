@@ -54,14 +54,16 @@ def _wait_gone(pids: list[int], within_s: float) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
-def _fleet(procs, scheme, num_workers=2):
-    """Start workers and wait until each is ready; the trainer keeps only its own pipe ends."""
+def _fleet(procs, scheme, num_workers=2, *, keep_worker_ends=False):
+    """Start workers and wait until each is ready; the trainer keeps only its own pipe ends,
+    unless ``keep_worker_ends`` (as the README example does: it never closes them)."""
     pipes, controls, processes = [], [], []
     for _ in range(num_workers):
         here, there = procs.pipe()
         ctl_here, ctl_there = procs.pipe()
         processes.append(procs.start(ready_then_serve, scheme, there, ctl_there))
-        there.close()  # else a dead worker's pipe never reaches end of file in the trainer
+        if not keep_worker_ends:
+            there.close()  # a dead worker's pipe then reaches end of file in the trainer
         pipes.append(here)
         controls.append(ctl_here)
     for w, ctl in enumerate(controls):
@@ -131,6 +133,34 @@ def test_worker_killed_mid_run_is_named_within_the_timeout_and_survivors_go_on(p
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_killed_worker_is_named_at_once_though_the_trainer_kept_its_pipe_ends(procs, backend):
+    """The trainer still holds a copy of each worker's pipe end, so a dead worker's pipe never
+    reaches end of file: its death must be seen through its process, at once (a time-out would
+    take the whole 60 s and be a SyncTimeoutError)."""
+    scheme = WeightSyncScheme.from_backend(backend, timeout=60.0)
+    pipes, controls, processes = _fleet(procs, scheme, keep_worker_ends=True)
+    model = make_model(0)
+    _connect(scheme, model, pipes)
+    victim = processes[1]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(5)
+    perturb(model, 1)
+    with pytest.raises(PeerDiedError) as info:
+        scheme.send()
+    assert info.value.workers == [1], info.value
+    assert re.search(r"worker(\(s\))? \[?1\b", str(info.value)), info.value
+
+    sender = scheme.get_sender()
+    sender.remove_workers(info.value.workers)  # go on with the survivor
+    perturb(model, 1)
+    scheme.send()
+    _assert_survivors_hold(controls, model, sender.version, survivors=[0])
+    controls[0].send(("stop",))
+    scheme.shutdown()
+
+
+@pytest.mark.timeout(90)
 def test_frozen_pipe_worker_is_named_within_the_timeout_and_catches_up_once_thawed(procs):
     scheme = WeightSyncScheme.from_backend("pipe", timeout=TIMEOUT_S)
     pipes, controls, processes = _fleet(procs, scheme, num_workers=2)
@@ -153,6 +183,33 @@ def test_frozen_pipe_worker_is_named_within_the_timeout_and_catches_up_once_thaw
         os.kill(processes[0].pid, signal.SIGCONT)
     scheme.send()  # every worker answers again
     _assert_survivors_hold(controls, model, sender.version, survivors=[0, 1])
+    for ctl in controls:
+        ctl.send(("stop",))
+    scheme.shutdown()
+
+
+@pytest.mark.timeout(90)
+def test_frozen_shared_mem_worker_holds_up_no_send_and_catches_up_once_thawed(procs):
+    """Shared-mem publishes snapshots that workers adopt when they next receive: a frozen worker
+    makes no send wait (there is a free buffer for every worker, num_workers + 2), and
+    ``acked_versions`` shows the version it still holds, as the README's table says."""
+    scheme = WeightSyncScheme.from_backend("shared-mem", timeout=TIMEOUT_S)
+    pipes, controls, processes = _fleet(procs, scheme, num_workers=2)
+    model = make_model(0)
+    _connect(scheme, model, pipes)
+    sender = scheme.get_sender()
+    held = sender.version
+    os.kill(processes[0].pid, signal.SIGSTOP)
+    try:
+        for _ in range(5):
+            perturb(model, 1)
+            scheme.send()  # never waits for the frozen worker, never raises
+        assert sender.acked_versions[0] == held, sender.acked_versions
+        _assert_survivors_hold(controls, model, sender.version, survivors=[1])
+    finally:
+        os.kill(processes[0].pid, signal.SIGCONT)
+    _assert_survivors_hold(controls, model, sender.version, survivors=[0, 1])  # the newest
+    assert sender.acked_versions == {0: sender.version, 1: sender.version}
     for ctl in controls:
         ctl.send(("stop",))
     scheme.shutdown()

@@ -258,3 +258,29 @@ def test_a_stopped_worker_is_named_after_the_timeout_and_catches_up_when_resumed
     scheme.shutdown()
     for _, ctl in workers:
         assert ask(ctl, "stop") == ("closed",)
+
+
+def test_given_weights_reach_the_worker_and_never_the_trainers_model(procs):
+    """The trainer's model lives in the broadcast buffer (bind_source): weights passed to
+    ``send()`` must be broadcast from a buffer of their own, not written over the model."""
+    trainer_model = make_model(seed=0)
+    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30)
+    scheme.init_on_sender("policy", model=trainer_model)
+    here, there = procs.pipe()
+    procs.start(serve_broadcasts, scheme, 0, there)
+    scheme.connect()
+    expect_reply(here, "report")
+    trainer_before = state_of(trainer_model)
+    given = state_of(make_model(seed=7))
+    scheme.send(given)
+    assert_same_state(state_of(trainer_model), trainer_before, "the trainer's model")
+    _, version, state, _ = expect_reply(here, "report")
+    assert version == 2
+    assert_same_state(state, given, "the worker")
+    perturb(trainer_model, 1)
+    scheme.send()  # and the model's own weights still go out from where it lives
+    _, version, state, _ = expect_reply(here, "report")
+    assert version == 3
+    assert_same_state(state, state_of(trainer_model), "the worker")
+    scheme.shutdown()
+    assert expect_reply(here, "report") == ("closed",)

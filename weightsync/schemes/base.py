@@ -27,7 +27,9 @@ from weightsync.endpoints import WeightReceiver, WeightSender
 from weightsync.legacy import LegacySchemeAPI
 from weightsync.sources import resolve_model
 from weightsync.strategy import WeightFormat, WeightStrategy
+from weightsync.timeouts import check_timeout
 from weightsync.transports.base import ReceiverTransport, SenderTransport
+from weightsync.transports.lifetime import close_at_exit, closed
 
 _RUNTIME = ("_context", "_model", "_sender", "_receiver", "_transport", "_pipes", "_pipe")
 
@@ -62,9 +64,7 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
         bind_source: bool = True,
     ):
         self.strategy = WeightStrategy(strategy)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self.reject_non_finite = reject_non_finite
         self.bind_source = bind_source
         self.model_id: str | None = None
@@ -123,6 +123,7 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
         self._transport = self._build_sender_transport(
             self._pipes, kwargs.get("num_workers", getattr(context, "num_workers", None))
         )
+        close_at_exit(self._transport)  # workers exit even if shutdown() is never called
         self._sender = self._new_sender()
         self.role = "sender"
 
@@ -203,6 +204,8 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
                 f"{type(self).__name__} is not initialised: call init_on_sender() (trainer) or "
                 "init_on_receiver() / init_on_worker() (worker) before connect()"
             )
+        if timeout is not None:
+            check_timeout(timeout)
         if self.role == "sender":
             self.get_sender().connect(timeout)
         else:
@@ -231,5 +234,6 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
         """Release pipes, buffers and threads; the scheme can be initialised again after."""
         if self._transport is not None:
             self._transport.close()
+            closed(self._transport)
         self._reset_runtime()
         self.role = None

@@ -198,7 +198,8 @@ class DistributedSender:
         self.cond = threading.Condition()
         self.closing = False
         self.waiting_for: set[int] = set()  # versions whose answers are recorded
-        self.staging: FlatBuffer | None = None
+        self.staging: FlatBuffer | None = None  # the buffer the trainer's model may live in
+        self._given: FlatBuffer | None = None  # where weights passed to send() are staged
         self._retired: list[FlatBuffer] = []
         self._layout: tuple[FlatBuffer, bytes] | None = None  # the staging buffer's JSON layout
         self._in_flight: tuple[str, int, list[int], FlatBuffer] | None = None
@@ -232,6 +233,13 @@ class DistributedSender:
             self.staging = FlatBuffer.for_weights(weights, shared=False)
         return self.staging
 
+    def _given_buffer(self, weights: FlatWeights) -> FlatBuffer:
+        """A buffer of its own for weights passed to ``send()``: never the one the trainer's
+        model lives in, which those weights must not overwrite."""
+        if self._given is None or self._given.mismatches(weights):
+            self._given = FlatBuffer.for_weights(weights, shared=False)
+        return self._given
+
     def retired(self, buffer: FlatBuffer) -> bool:
         """True for a buffer a timed-out worker's send may still read from."""
         return any(buffer is old for old in self._retired)
@@ -253,8 +261,8 @@ class DistributedSender:
             raise ValueError(
                 f"unknown or removed worker id(s) {unknown}: the live workers are {live}"
             )
-        bound = source is not None and source is self.staging
-        buffer = source if bound else self.source_buffer(weights)
+        bound = source is not None and source is self.staging  # the trainer's model lives in it
+        buffer = source if bound else self._given_buffer(weights)
         if bound:
             buffer.write_extra(weights.extra)
         else:
@@ -306,7 +314,10 @@ class DistributedSender:
                 self.links[w].acked = None
         if any(self.links[w].sending_from(buffer) for w in pending):
             self._retired.append(buffer)  # a stopped worker may read it when it resumes
-            self.staging = None
+            if buffer is self.staging:
+                self.staging = None
+            else:
+                self._given = None
         problems = [f"worker {w} {why}" for w, why in sorted(dead.items())]
         problems += [
             f"worker {w} did not receive version {version} of model {model_id!r} within "

@@ -7,16 +7,25 @@ memory crosses as a handle, not as bytes; the pipe scheme uses this to send one 
 buffer once and tiny "apply version N" messages after that.
 
 Every wait has a time-out, and an error names the peer, the model and the version: a dead peer
-(end of file on the pipe) is a :class:`~weightsync.errors.PeerDiedError` at once, a silent one a
+is a :class:`~weightsync.errors.PeerDiedError` at once, a silent one a
 :class:`~weightsync.errors.SyncTimeoutError` after ``timeout`` seconds.
+
+A dead peer is seen in two ways. End of file on the pipe works only once every copy of the
+peer's end is closed, and a trainer that started its workers usually still holds theirs. So a
+worker's end also introduces itself: before its first message it sends ``("hello", "", 0, pid)``,
+and the trainer's end watches that process through a pidfd (Linux 5.3+), which becomes readable
+when the process exits; every wait for the worker waits on the pipe and the pidfd together.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import socket
 import time
-from multiprocessing.connection import Connection
+import weakref
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import torch.multiprocessing  # noqa: F401  (registers the tensor reductions used by pickling)
@@ -28,10 +37,24 @@ from weightsync.errors import (
     WorkerRejectedError,
 )
 from weightsync.flat import FlatBuffer
+from weightsync.timeouts import check_timeout
 from weightsync.transports.base import Update
 from weightsync.weights import FlatWeights
 
-WEIGHTS, ACK, ERROR, CLOSE = "weights", "ack", "error", "close"
+WEIGHTS, ACK, ERROR, CLOSE, HELLO = "weights", "ack", "error", "close", "hello"
+
+
+def _watch_process(pid: int) -> int | None:
+    """A pidfd of process ``pid`` (readable once it has exited), or None where the system
+    offers none or the process is already gone."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _is_readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 class MPTransport:
@@ -58,10 +81,13 @@ class MPTransport:
         self, pipe_connection: Connection, timeout: float = 10.0, worker_id: int | None = None
     ):
         self.pipe = pipe_connection
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self.worker_id = worker_id
         self.peer = "the trainer" if worker_id is None else f"worker {worker_id}"
         self.closed = False
+        self.peer_pid: int | None = None  # the worker's process, once it introduced itself
+        self._peer_watch: int | None = None  # a pidfd of it, readable once it has exited
+        self._introduced = False  # whether this (worker's) end has sent its pid
         self._next_version = 0
         self._awaiting: tuple[str, int] | None = None  # (model_id, version) sent, not yet acked
         self.last_received: tuple[str, int] | None = None  # (model_id, version) on the worker
@@ -95,6 +121,8 @@ class MPTransport:
         """
         if self._awaiting is None:
             raise RuntimeError("wait_ack() called with no send pending")
+        if timeout is not None:
+            check_timeout(timeout, allow_zero=True)  # 0: only what has already arrived
         model_id, version = self._awaiting
         try:
             while True:
@@ -126,6 +154,7 @@ class MPTransport:
                 self.pipe.send((CLOSE, "", 0, None))
             self.pipe.close()
             self.closed = True
+        self._unwatch()
 
     # ------------------------------------------------------------------------------ worker side
     def receive_weights(self, timeout: float = 1.0) -> tuple[str, Any] | None:
@@ -134,11 +163,14 @@ class MPTransport:
         Returns None (and sets ``closed``) when the trainer closed the connection cleanly;
         raises PeerDiedError if the trainer vanished without closing.
         """
+        timeout = check_timeout(timeout, allow_zero=True)
         if self.closed:
             return None
-        if not self.pipe.poll(timeout):
+        self._introduce()  # before the first update arrives: the trainer can watch us from now on
+        message = self._next_message(timeout, "send weights")
+        if message is None:
             return None
-        kind, model_id, version, payload = self._recv(0, "send weights")
+        kind, model_id, version, payload = message
         if kind == CLOSE:
             self.closed = True
             return None
@@ -181,10 +213,33 @@ class MPTransport:
             return False
         try:
             if not self.pipe.poll(0):
-                return True  # nothing to read: open and quiet
+                return not self._peer_exited()  # nothing to read: quiet, or gone
             return not self._peer_closed()
         except (OSError, EOFError):
             return False
+
+    def _peer_exited(self) -> bool:
+        """Whether the worker this end watches (see :meth:`_introduce`) has exited."""
+        return self._peer_watch is not None and _is_readable(self._peer_watch)
+
+    def _introduce(self) -> None:
+        """On a worker's end, send this process's id once, before anything else."""
+        if self.worker_id is None and not self._introduced:
+            self._introduced = True
+            with contextlib.suppress(OSError, EOFError):  # a dead trainer is found by the caller
+                self.pipe.send((HELLO, "", 0, os.getpid()))
+
+    def _watch(self, pid: int) -> None:
+        """Watch the worker that introduced itself as ``pid``."""
+        self._unwatch()
+        self.peer_pid, self._peer_watch = pid, _watch_process(pid)
+        if self._peer_watch is not None:
+            self._finalizer = weakref.finalize(self, os.close, self._peer_watch)
+
+    def _unwatch(self) -> None:
+        if self._peer_watch is not None:
+            self._finalizer()  # closes the pidfd, once
+            self._peer_watch = None
 
     def _peer_closed(self) -> bool:
         """Peek (without consuming a message) whether the readable pipe is at end of file."""
@@ -200,6 +255,7 @@ class MPTransport:
             sock.detach()
 
     def _send(self, message: tuple, model_id: str, version: int) -> None:
+        self._introduce()
         try:
             self.pipe.send(message)
         except (OSError, EOFError, BrokenPipeError) as err:
@@ -209,15 +265,34 @@ class MPTransport:
                 workers=self._as_workers(),
             ) from err
 
+    def _next_message(self, timeout: float, doing: str) -> tuple[str, str, int, Any] | None:
+        """The peer's next message within ``timeout`` s (None if none came); a peer's
+        introduction is taken in passing. PeerDiedError when the peer is gone."""
+        deadline = time.monotonic() + timeout
+        while True:
+            watched = [self.pipe] if self._peer_watch is None else [self.pipe, self._peer_watch]
+            try:
+                if not wait(watched, max(0.0, deadline - time.monotonic())):
+                    return None
+                if not self.pipe.poll(0):  # only the watched process is readable: it exited
+                    raise PeerDiedError(
+                        f"{self.peer} (process {self.peer_pid}) exited before it could {doing}",
+                        workers=self._as_workers(),
+                    )
+                message = self.pipe.recv()
+            except (EOFError, OSError) as err:
+                raise PeerDiedError(
+                    f"{self.peer} closed its pipe (process died?) before it could {doing}",
+                    workers=self._as_workers(),
+                ) from err
+            if message[0] != HELLO:
+                return message
+            if self.worker_id is not None:  # a worker's introduction: watch its process
+                self._watch(message[3])
+
     def _recv(self, timeout: float | None, doing: str) -> tuple[str, str, int, Any]:
         timeout = self.timeout if timeout is None else timeout
-        try:
-            message = self.pipe.recv() if self.pipe.poll(timeout) else None
-        except (EOFError, OSError) as err:
-            raise PeerDiedError(
-                f"{self.peer} closed its pipe (process died?) before it could {doing}",
-                workers=self._as_workers(),
-            ) from err
+        message = self._next_message(timeout, doing)
         if message is None:
             raise SyncTimeoutError(
                 f"{self.peer} did not {doing} within {timeout:g} s; it may be stuck or "
@@ -231,21 +306,32 @@ class MPTransport:
 
 
 class _Staged:
-    """Payload of a pipe update: the staging buffer itself the first time, then nothing."""
+    """Payload of a pipe update: which staging buffer holds it (``slot``), and that buffer
+    itself the first time a worker is told of it, then nothing."""
 
-    def __init__(self, buffer: FlatBuffer | None):
+    def __init__(self, slot: int, buffer: FlatBuffer | None):
+        self.slot = slot
         self.buffer = buffer
 
 
-class PipeBroadcast:
-    """Trainer side of the pipe scheme: one pipe per worker, one shared staging buffer.
+#: The staging buffer the trainer's model may live in (:meth:`PipeBroadcast.source_buffer`).
+_MODEL_SLOT = 0
+#: The staging buffer for weights passed to ``send(weights=...)`` while the model lives in the
+#: first one: those never overwrite the trainer's model.
+_GIVEN_SLOT = 1
 
-    An update writes the weights into the staging buffer (nothing, if the trainer's model is
+
+class PipeBroadcast:
+    """Trainer side of the pipe scheme: one pipe per worker, shared staging buffers.
+
+    An update writes the weights into a staging buffer (nothing, if the trainer's model is
     bound to it) and sends each chosen worker a few-byte "apply version N" message; every worker
-    copies the staging buffer into its own model in parallel and acknowledges. The staging
-    buffer's handle crosses each pipe once. The trainer must not change its weights until the
-    update is acknowledged (``finish``), which :class:`~weightsync.WeightSender` guarantees for
-    ``send`` and documents for ``send_async``.
+    copies the staging buffer into its own model in parallel and acknowledges. Each staging
+    buffer's handle crosses each pipe once. Weights passed explicitly (``send(weights=...)``) are
+    staged in a second buffer when the trainer's model lives in the first, so a send never writes
+    into the trainer's model. The trainer must not change its weights until the update is
+    acknowledged (``finish``), which :class:`~weightsync.WeightSender` guarantees for ``send``
+    and documents for ``send_async``.
     """
 
     carries_weights = True
@@ -253,12 +339,18 @@ class PipeBroadcast:
     def __init__(self, pipes: list[Connection], timeout: float = 10.0):
         self.links = [MPTransport(p, timeout, worker_id=i) for i, p in enumerate(pipes)]
         self.timeout = timeout
-        self.staging: FlatBuffer | None = None
+        self.buffers: list[FlatBuffer | None] = [None, None]  # per slot (see _MODEL_SLOT)
+        self._lent = False  # whether the model slot's buffer was handed out as a source
         self.acked_versions: dict[int, int | None] = dict.fromkeys(range(len(pipes)))
-        self._has_staging: set[int] = set()
-        self._in_flight: tuple[str, int, list[int]] | None = None
+        self._has_staging: set[tuple[int, int]] = set()  # (worker, slot) holding the handle
+        self._in_flight: tuple[str, int, list[int], int] | None = None
         self._unreachable: list[PeerDiedError] = []  # found dead while sending; raised in finish
         self.removed: set[int] = set()
+
+    @property
+    def staging(self) -> FlatBuffer | None:
+        """The staging buffer the trainer's model may live in."""
+        return self.buffers[_MODEL_SLOT]
 
     def remove_workers(self, worker_ids: list[int]) -> None:
         """Stop sending to these workers (dead or retired); the others go on."""
@@ -267,17 +359,23 @@ class PipeBroadcast:
             self.acked_versions.pop(w, None)
             self.links[w].close()
 
-    def staging_for(self, weights: FlatWeights) -> FlatBuffer:
-        """The staging buffer, re-created (and re-sent to workers) if the layout changed."""
-        if self.staging is None or self.staging.mismatches(weights):
-            self.staging = FlatBuffer.for_weights(weights, shared=True)
-            self._has_staging.clear()
-        return self.staging
+    def _staging_for(self, slot: int, weights: FlatWeights) -> FlatBuffer:
+        """The staging buffer of ``slot``, re-created (and re-sent to workers) if the layout
+        changed."""
+        buffer = self.buffers[slot]
+        if buffer is None or buffer.mismatches(weights):
+            buffer = self.buffers[slot] = FlatBuffer.for_weights(weights, shared=True)
+            self._has_staging = {(w, s) for w, s in self._has_staging if s != slot}
+            if slot == _MODEL_SLOT:
+                self._lent = False
+        return buffer
 
     def source_buffer(self, weights: FlatWeights) -> FlatBuffer:
-        """Where the trainer may keep its model: the staging buffer itself (then sends copy
-        nothing on the trainer side; workers read it only while an update is in flight)."""
-        return self.staging_for(weights)
+        """Where the trainer may keep its model: the model's staging buffer itself (then sends
+        copy nothing on the trainer side; workers read it only while an update is in flight)."""
+        buffer = self._staging_for(_MODEL_SLOT, weights)
+        self._lent = True
+        return buffer
 
     def retired(self, buffer: FlatBuffer) -> bool:
         """A staging buffer is retired once a newer one replaced it (see :meth:`finish`)."""
@@ -301,28 +399,29 @@ class PipeBroadcast:
             raise ValueError(
                 f"unknown or removed worker id(s) {unknown}: the live workers are {live}"
             )
-        bound = source is not None and source is self.staging  # laid out when it was bound
-        staging = source if bound else self.staging_for(weights)
-        if bound:  # the trainer's model lives in it: only the extra state to write
+        if source is not None and source is self.staging:  # the trainer's model lives in it
+            slot, staging = _MODEL_SLOT, source  # laid out when it was bound
             staging.write_extra(weights.extra)
-        else:
+        else:  # never into the buffer the trainer's model lives in
+            slot = _GIVEN_SLOT if self._lent else _MODEL_SLOT
+            staging = self._staging_for(slot, weights)
             staging.write(weights)
         sent = []
         for w in targets:
-            payload = _Staged(None if w in self._has_staging else staging)
+            payload = _Staged(slot, None if (w, slot) in self._has_staging else staging)
             try:
                 self.links[w].send_weights_async(model_id, payload, version)
             except PeerDiedError as err:  # the others got the message: wait for them in finish
                 self._unreachable.append(err)
                 continue
             sent.append(w)
-        self._in_flight = (model_id, version, sent)
+        self._in_flight = (model_id, version, sent, slot)
 
     def finish(self, timeout: float | None = None) -> None:
         """Wait for every worker of the update in flight; raise naming those that failed."""
         if self._in_flight is None:
             return
-        model_id, version, targets = self._in_flight
+        model_id, version, targets, slot = self._in_flight
         self._in_flight = None
         budget = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
@@ -336,7 +435,7 @@ class PipeBroadcast:
                 self.links[w].wait_ack(max(0.0, deadline - time.monotonic()))
             except WorkerRejectedError as err:
                 rejections.update(err.rejections)
-                self._has_staging.add(w)  # it received the handle, only refused the layout
+                self._has_staging.add((w, slot))  # it got the handle, only refused the layout
                 continue
             except (SyncTimeoutError, PeerDiedError) as err:
                 self.acked_versions[w] = None  # unknown: it may hold a partial copy
@@ -349,14 +448,15 @@ class PipeBroadcast:
                     )
                 failures.append(err)
                 continue
-            self._has_staging.add(w)
+            self._has_staging.add((w, slot))
             self.acked_versions[w] = version
         if failures:
-            # A worker that timed out may still copy the staging buffer later: retire it, so that
-            # nothing (not the next send, not the trainer's optimizer when its model is bound to
-            # it) writes into it again; the next send stages into a fresh buffer. The late copy
-            # then holds exactly this version, never a mix of versions.
-            self.staging = None
+            # A worker that timed out may still copy a staging buffer later: retire them, so
+            # that nothing (not the next send, not the trainer's optimizer when its model is
+            # bound to one) writes into them again; the next send stages into a fresh buffer.
+            # The late copy then holds exactly this version, never a mix of versions.
+            self.buffers = [None, None]
+            self._lent = False
             self._has_staging.clear()
             workers = [w for f in failures for w in f.workers]
             raise type(failures[0])("; ".join(str(f) for f in failures), workers=workers)
@@ -380,7 +480,7 @@ class PipeReader:
 
     def __init__(self, pipe: Connection, timeout: float = 10.0):
         self.link = MPTransport(pipe, timeout)
-        self.staging: FlatBuffer | None = None
+        self.stagings: dict[int, FlatBuffer] = {}  # per slot, as the trainer handed them out
 
     @property
     def closed(self) -> bool:
@@ -399,8 +499,8 @@ class PipeReader:
             )
             return None
         if payload.buffer is not None:
-            self.staging = payload.buffer
-        return Update(model_id, version, self.staging, zero_copy=False)
+            self.stagings[payload.slot] = payload.buffer
+        return Update(model_id, version, self.stagings[payload.slot], zero_copy=False)
 
     def acknowledge(self, update: Update) -> None:
         self.link.send_ack()

@@ -194,7 +194,7 @@ class SharedMemTransport:
         ring = SnapshotRing.create(
             flat,
             num_readers=len(self.links),
-            num_buffers=self.num_buffers or len(self.links) + 2,
+            num_buffers=len(self.links) + 2 if self.num_buffers is None else self.num_buffers,
         )
         ring.buffers[0].write(flat)
         ring.publish(0, version)
@@ -278,6 +278,9 @@ class SharedMemTransport:
                 model_id, ["(vs. the registered model) " + p for p in buffer_problems]
             )
         index = self._wait_for_free_buffer(model_id, ring, version)
+        # The extra state is written here, not in the background: a state that outgrew its room
+        # is refused before the send is under way (and before it spends a version).
+        ring.buffers[index].write_extra(weights.extra)
         self._executor = self._executor or ThreadPoolExecutor(1, thread_name_prefix="weightsync")
         self._pending = self._executor.submit(
             self._write_and_publish, ring, index, version, weights, source
@@ -308,12 +311,11 @@ class SharedMemTransport:
         weights: FlatWeights,
         source: FlatBuffer | None,
     ) -> None:
-        target = ring.buffers[index]
+        target = ring.buffers[index]  # its extra state was written by start()
         if source is not None:  # laid out like the target (checked in start): one block copy
             copy_bytes(target.tensor_region, source.tensor_region)
-            target.write_extra(weights.extra)
         else:
-            target.write(weights)
+            target.write_tensors(weights)
         ring.publish(index, version)
 
     def _fits_ring(
