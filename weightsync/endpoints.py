@@ -243,12 +243,15 @@ class WeightReceiver:
         self._applied_any = False
         self.refused: list[str] | None = None  # the problems of the last update refused, if any
         self._validated: tuple | None = None  # (layout, extra keys, structure) checked
+        self._misfit: tuple | None = None  # the same, for the last update refused
         self._bound: BoundModule | None = None  # the model, and the buffer it lives in
         self._own: FlatBuffer | None = None  # this worker's private flat copy (copying transports)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(transport=None, model=None, _validated=None, _bound=None, _own=None)
+        state.update(
+            transport=None, model=None, _validated=None, _misfit=None, _bound=None, _own=None
+        )
         return state
 
     @property
@@ -267,10 +270,14 @@ class WeightReceiver:
         try:
             self._apply_update(update)
         except WeightMismatchError as err:
-            log.warning("worker refused version %d: %s", update.version, err)
+            if err.problems != self.refused:  # said once per misfit, not once per update
+                log.warning("worker refused version %d: %s", update.version, err)
             self.refused = err.problems  # recorded before the trainer hears of it
             self.transport.reject(update, str(err))
             return False
+        except Exception as err:  # the trainer hears of any failure, then the worker does
+            self.transport.reject(update, f"{type(err).__name__}: {err}")
+            raise
         self.version = update.version
         self._applied_any = True
         self.refused = None
@@ -306,9 +313,12 @@ class WeightReceiver:
         # Checked again whenever the incoming layout or the model's structure changes.
         shape = (update.buffer.layout, update.buffer.extra_keys, bound.structure_stamp)
         if shape != self._validated:
+            if shape == self._misfit and self.refused:  # refused as it is: not compared again
+                raise WeightMismatchError(self.model_id, self.refused)
             incoming = update.buffer.layout.as_meta_weights(update.buffer.extra_keys)
             problems = weight_mismatches(live, incoming)
             if problems:
+                self._misfit = shape
                 raise WeightMismatchError(self.model_id, problems)
             self._validated = shape
         if (

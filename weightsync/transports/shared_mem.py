@@ -31,7 +31,7 @@ from weightsync.errors import (
 )
 from weightsync.flat import FlatBuffer, FlatLayout, copy_bytes
 from weightsync.transports.base import Update
-from weightsync.transports.pipe import MPTransport
+from weightsync.transports.pipe import ERROR, MPTransport
 from weightsync.weights import FlatWeights, flatten_weights
 
 _INDEX_BITS = 6  # up to 64 buffers per ring
@@ -46,9 +46,13 @@ def _word(version: int, index: int) -> int:
 class SnapshotRing:
     """A model's shared snapshot buffers and their publication state.
 
-    ``control[0]`` holds the published ``(version, index)`` word; ``control[1 + r]`` the word of
-    the snapshot reader ``r`` currently holds (a hazard pointer). Both are single aligned int64
-    stores, so readers never see them half-written.
+    ``control[0]`` holds the published ``(version, index)`` word. Each reader ``r`` has two hazard
+    slots: ``control[1 + r]``, the snapshot it holds (its model may point into it), and
+    ``control[1 + num_readers + r]``, the snapshot it is taking (validating, adopting). A reader
+    fills the second slot before it looks at a new snapshot and moves it to the first only once
+    adopted, so the snapshot it holds is never released while it decides: a refused update
+    leaves both the held buffer and the held word untouched. Every slot is a single aligned
+    int64 store, so no one ever sees one half-written.
     """
 
     def __init__(self, buffers: list[FlatBuffer], control: torch.Tensor):
@@ -63,7 +67,7 @@ class SnapshotRing:
         layout = FlatLayout.for_weights(weights)
         extra_keys = list(weights.extra)
         buffers = [FlatBuffer(layout, extra_keys=extra_keys) for _ in range(num_buffers)]
-        control = torch.full((1 + num_readers,), _NONE, dtype=torch.int64).share_memory_()
+        control = torch.full((1 + 2 * num_readers,), _NONE, dtype=torch.int64).share_memory_()
         return cls(buffers, control)
 
     def __reduce__(self):
@@ -71,7 +75,7 @@ class SnapshotRing:
 
     @property
     def num_readers(self) -> int:
-        return self.control.numel() - 1
+        return (self.control.numel() - 1) // 2
 
     @property
     def published_version(self) -> int:
@@ -80,11 +84,12 @@ class SnapshotRing:
 
     def reader_versions(self) -> list[int | None]:
         """The version each reader holds (None: has adopted none yet)."""
-        return [None if w == _NONE else w >> _INDEX_BITS for w in self.control[1:].tolist()]
+        held = self.control[1 : 1 + self.num_readers].tolist()
+        return [None if w == _NONE else w >> _INDEX_BITS for w in held]
 
     # ------------------------------------------------------------------------------ trainer side
     def free_index(self, *, exclude: int | None = None) -> int | None:
-        """A buffer that is neither published nor held by any reader, or None."""
+        """A buffer that is neither published nor held nor being taken by any reader, or None."""
         words = self.control.tolist()
         busy = {w & _INDEX_MASK for w in words if w != _NONE}
         if exclude is not None:
@@ -95,19 +100,21 @@ class SnapshotRing:
         self.control[0] = _word(version, index)
 
     def release_reader(self, reader: int) -> None:
-        """Forget what a dead reader held, so its buffer can be reused."""
+        """Forget what a reader held or was taking (it is dead or gone), so its buffers can be
+        reused."""
+        self.control[1 + self.num_readers + reader] = _NONE
         self.control[1 + reader] = _NONE
 
     # ------------------------------------------------------------------------------- worker side
     def acquire(self, reader: int, newer_than: int) -> tuple[int, int] | None:
-        """Hold the published snapshot if it is newer than ``newer_than``: ``(version, index)``.
+        """Take the published snapshot if it is newer than ``newer_than``: ``(version, index)``.
 
-        Hazard-pointer protocol: record the word in our slot, then re-read the published word. If
-        it is unchanged, the trainer (which picks buffers only after publishing) will see our slot
-        before it reuses that buffer.
+        Hazard-pointer protocol: record the word in our taking slot, then re-read the published
+        word. If it is unchanged, the trainer (which picks buffers only after publishing) will see
+        our slot before it reuses that buffer. The held slot is not touched: what the reader holds
+        stays protected until :meth:`adopt` (or forever, if the update is refused).
         """
-        slot = 1 + reader
-        previous = int(self.control[slot])
+        slot = 1 + self.num_readers + reader
         for _ in range(1000):
             word = int(self.control[0])
             if word == _NONE or word >> _INDEX_BITS <= newer_than:
@@ -117,12 +124,20 @@ class SnapshotRing:
                 pass
             if int(self.control[0]) == word:
                 return word >> _INDEX_BITS, word & _INDEX_MASK
-        self.control[slot] = previous
+        self.control[slot] = _NONE
         return None
 
-    def hold(self, reader: int, version: int, index: int) -> None:
-        """Record (or restore) the snapshot this reader holds."""
-        self.control[1 + reader] = _word(version, index) if version >= 0 else _NONE
+    def adopt(self, reader: int) -> None:
+        """The snapshot being taken is now held (the reader's model points into it); the one
+        held before is released. The new word is stored before the taking slot is cleared, so
+        the new snapshot is protected throughout."""
+        taking = 1 + self.num_readers + reader
+        self.control[1 + reader] = int(self.control[taking])
+        self.control[taking] = _NONE
+
+    def drop(self, reader: int) -> None:
+        """Give up the snapshot being taken (refused); what the reader holds stays held."""
+        self.control[1 + self.num_readers + reader] = _NONE
 
 
 class _Registration:
@@ -264,7 +279,7 @@ class SharedMemTransport:
                     self.register_weights(model_id, weights_0)
             except WorkerRejectedError as err:
                 refused.update(err.rejections)
-        if not refused:  # a worker that just refused the buffers is not asked again at once
+        else:  # a worker that just refused the buffers is not asked again at once
             try:
                 self._hand_out(model_id)
             except WorkerRejectedError as err:
@@ -278,11 +293,15 @@ class SharedMemTransport:
                 model_id, ["(vs. the registered model) " + p for p in buffer_problems]
             )
         index = self._wait_for_free_buffer(model_id, ring, version)
+        newest_refused, earlier = self._take_refusals(model_id)  # of versions published before
+        if refused:
+            newest_refused = version
+        refused = earlier | refused
         self._executor = self._executor or ThreadPoolExecutor(1, thread_name_prefix="weightsync")
         self._pending = self._executor.submit(
             self._write_and_publish, ring, index, version, weights, source
         )
-        self._refused = WorkerRejectedError(model_id, version, refused) if refused else None
+        self._refused = WorkerRejectedError(model_id, newest_refused, refused) if refused else None
 
     def finish(self, timeout: float | None = None) -> None:
         """Block until the snapshot started by :meth:`start` is published."""
@@ -369,6 +388,23 @@ class SharedMemTransport:
         if rejections:
             raise WorkerRejectedError(model_id, version, rejections)
 
+    def _take_refusals(self, model_id: str) -> tuple[int, dict[int, str]]:
+        """The refusals registered workers sent over their pipes since the last send (a worker
+        tells each version it refuses once): the newest version refused, and each worker's
+        reason. Nothing blocks; a worker found gone is left to the next liveness check."""
+        newest, refusals = _NONE, {}
+        registered = self._registered.get(model_id, set())
+        for link in self._live_links():
+            if link.worker_id not in registered:
+                continue
+            with contextlib.suppress(EOFError, OSError):
+                while link.pipe.poll(0):
+                    kind, got_model, version, reason = link.pipe.recv()
+                    if kind == ERROR and got_model == model_id:
+                        newest = max(newest, version)
+                        refusals[link.worker_id] = f"(version {version}) {reason}"
+        return newest, refusals
+
     def _raise_for_dead_workers(self, model_id: str, version: int) -> None:
         dead = [link.worker_id for link in self._live_links() if not link.check_connection()]
         if dead:
@@ -416,6 +452,7 @@ class SharedMemReader:
         self.reader = 0
         self.model_id = ""
         self.held: tuple[int, int] = (_NONE, 0)  # (version, index) adopted by the receiver
+        self._refused = _NONE  # the newest version refused: not taken (nor refused) again
         self._pending_registration = False
         self._next_liveness_check = 0.0
 
@@ -441,7 +478,7 @@ class SharedMemReader:
                 self.link.receive_weights(0)  # CLOSE sets closed; EOF raises PeerDiedError
                 if self.closed:
                     return None
-        acquired = self.ring.acquire(self.reader, newer_than=self.held[0])
+        acquired = self.ring.acquire(self.reader, newer_than=max(self.held[0], self._refused))
         if acquired is None:
             return None
         version, index = acquired
@@ -466,19 +503,25 @@ class SharedMemReader:
         return Update(model_id, version, self.ring.buffers[index], zero_copy=True)
 
     def acknowledge(self, update: Update) -> None:
+        self.ring.adopt(self.reader)
         self.held = (update.version, self.ring.buffers.index(update.buffer))
         if self._pending_registration:
             self._pending_registration = False
             self.link.send_ack()
 
     def reject(self, update: Update, reason: str) -> None:
-        self.ring.hold(self.reader, *self.held)
-        if self._pending_registration:
+        """Keep the snapshot held (the model may point into it), and tell the trainer once: the
+        refused version is not taken again, its refusal reaches the trainer's next send."""
+        self.ring.drop(self.reader)
+        self._refused = max(self._refused, update.version)
+        if self._pending_registration:  # the answer is about the registration message
             self._pending_registration = False
             self.ring = None
-            self.link.send_error(reason)
+        else:
+            self.link.last_received = (update.model_id, update.version)
+        self.link.send_error(reason)
 
     def close(self) -> None:
         if self.ring is not None:
-            self.ring.hold(self.reader, _NONE, 0)
+            self.ring.release_reader(self.reader)
         self.link.pipe.close()

