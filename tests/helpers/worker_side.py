@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import torch
 from torch import nn
 
-from tests.helpers.fault_workers import fill_version, uniform_model
+from tests.helpers.fault_workers import fill_version, ready_then_serve, uniform_model
 
 
 class _CountingHandler(logging.Handler):
@@ -58,3 +59,10 @@ def refusing_reader(scheme, pipe, ctl) -> None:
         ctl.send(("stats", stats))
     except Exception as err:
         ctl.send(("error", type(err).__name__, str(err)))
+
+
+def slow_to_start(scheme, pipe, ctl, delay_s: float) -> None:
+    """A worker that starts ``delay_s`` seconds late (a slow import, a busy machine), then runs
+    the command-driven worker of ``workers.py``."""
+    time.sleep(delay_s)
+    ready_then_serve(scheme, pipe, ctl)

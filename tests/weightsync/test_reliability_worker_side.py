@@ -10,9 +10,11 @@ import time
 
 import pytest
 
-from tests.helpers.fault_workers import fill_version, uniform_model
-from tests.helpers.worker_side import refusing_reader
-from weightsync import WeightSyncScheme, WorkerRejectedError
+from tests.helpers.fault_workers import fill_version, ready_then_serve, uniform_model
+from tests.helpers.models import assert_same_state, make_model, perturb, state_of
+from tests.helpers.worker_side import refusing_reader, slow_to_start
+from tests.helpers.workers import ask
+from weightsync import SyncTimeoutError, WeightSyncScheme, WorkerRejectedError
 
 pytestmark = pytest.mark.slow
 
@@ -71,3 +73,36 @@ def test_a_refusing_worker_keeps_its_weights_under_a_stream_of_sends(procs, back
     assert stats["warnings"] == 1, f"the refusal was logged {stats['warnings']} times"
     assert refusals, f"{sends} sends, and the trainer was never told of the refusal"
     assert all(err.workers == [0] and "'extra'" in str(err) for err in refusals), refusals[0]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["shared-mem", "pipe"])
+def test_a_slow_first_worker_times_out_connect_and_a_later_send_reaches_it(procs, backend):
+    scheme = WeightSyncScheme.from_backend(backend, timeout=2.0)
+    here, there = procs.pipe()
+    ctl_here, ctl_there = procs.pipe()
+    procs.start(slow_to_start, scheme, there, ctl_there, 6.0)  # worker 0: slow
+    there.close()
+    pipes, controls = [here], [ctl_here]
+    pipe, ctl = _start(procs, ready_then_serve, scheme)  # worker 1: ready at once
+    pipes.append(pipe)
+    controls.append(ctl)
+    model = make_model(0)
+    scheme.init_on_sender("policy", model=model, pipes=pipes)
+    with pytest.raises(SyncTimeoutError) as info:
+        scheme.connect()
+    assert info.value.workers == [0], info.value
+    _expect(controls[0], "ready")  # worker 0 is up now
+    sender = scheme.get_sender()
+    for step in (1, 2, 3):
+        perturb(model, step)
+        scheme.send()  # no error: the scheme recovered
+    want = state_of(model)
+    for w, control in enumerate(controls):
+        _, held, state = ask(control, "sync", sender.version, 10.0)
+        assert held == sender.version, f"worker {w} holds version {held}"
+        assert_same_state(state, want, f"worker {w}")
+    assert sender.acked_versions == {0: sender.version, 1: sender.version}
+    for control in controls:
+        control.send(("stop",))
+    scheme.shutdown()

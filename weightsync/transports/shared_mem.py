@@ -18,7 +18,7 @@ import contextlib
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import torch
@@ -27,11 +27,12 @@ from weightsync.errors import (
     PeerDiedError,
     SyncTimeoutError,
     WeightMismatchError,
+    WeightSyncError,
     WorkerRejectedError,
 )
 from weightsync.flat import FlatBuffer, FlatLayout, copy_bytes
 from weightsync.transports.base import Update
-from weightsync.transports.pipe import ERROR, MPTransport
+from weightsync.transports.pipe import ERROR, WEIGHTS, MPTransport
 from weightsync.weights import FlatWeights, flatten_weights
 
 _INDEX_BITS = 6  # up to 64 buffers per ring
@@ -176,12 +177,13 @@ class SharedMemTransport:
         self.timeout = timeout
         self.links: list[MPTransport] = []
         self.rings: dict[str, SnapshotRing] = {}
-        self._registered: dict[str, set[int]] = {}
+        self._registered: dict[str, set[int]] = {}  # per model: workers that adopted its ring
+        self._offered: dict[str, set[int]] = {}  # per model: handed its ring, no answer read yet
         self._initial = dict(policy_weights or {})
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
         self._fitting_source: dict[str, FlatBuffer] = {}  # per model: a source checked to fit
-        self._refused: WorkerRejectedError | None = None  # raised once the snapshot is published
+        self._failure: WeightSyncError | None = None  # raised once the snapshot is published
         self.removed: set[int] = set()
 
     def remove_workers(self, worker_ids: list[int]) -> None:
@@ -201,8 +203,15 @@ class SharedMemTransport:
 
     def register_weights(self, model_id: str, weights: Any, *, version: int = 0) -> None:
         """Create ``model_id``'s shared buffers, publish ``weights`` as ``version`` and hand the
-        buffers to every registered worker (blocking until each has validated and adopted them).
-        """
+        buffers to every registered worker (blocking until each has validated and adopted them,
+        up to ``timeout``; a worker that did not answer in time is waited for again by the next
+        send)."""
+        self._create_ring(model_id, weights, version)
+        failure = self._hand_out(model_id, version)
+        if failure is not None:
+            raise failure
+
+    def _create_ring(self, model_id: str, weights: Any, version: int) -> None:
         if model_id in self.rings:
             raise RuntimeError(f"model {model_id!r} is already registered with this transport")
         flat = flatten_weights(weights)
@@ -215,7 +224,7 @@ class SharedMemTransport:
         ring.publish(0, version)
         self.rings[model_id] = ring
         self._registered[model_id] = set()
-        self._hand_out(model_id)
+        self._offered[model_id] = set()
 
     @property
     def acked_versions(self) -> dict[int, int | None]:
@@ -264,7 +273,6 @@ class SharedMemTransport:
                 f"select a subset (got {worker_ids}). Use the pipe scheme to update chosen workers."
             )
         self._raise_for_dead_workers(model_id, version)
-        refused: dict[int, str] = {}  # workers whose model does not fit: the others still update
         if model_id not in self.rings:
             weights_0 = self._initial.pop(model_id, None)
             if not self.auto_register and weights_0 is None:
@@ -272,18 +280,13 @@ class SharedMemTransport:
                     f"model {model_id!r} is not registered; call register_weights() first or "
                     "build the transport with auto_register=True"
                 )
-            try:
-                if weights_0 is None:  # registered with the weights of this send: its version
-                    self.register_weights(model_id, weights, version=version)
-                else:
-                    self.register_weights(model_id, weights_0)
-            except WorkerRejectedError as err:
-                refused.update(err.rejections)
-        else:  # a worker that just refused the buffers is not asked again at once
-            try:
-                self._hand_out(model_id)
-            except WorkerRejectedError as err:
-                refused.update(err.rejections)
+            if weights_0 is None:  # registered with the weights of this send: its version
+                self._create_ring(model_id, weights, version)
+            else:
+                self._create_ring(model_id, weights_0, 0)
+        # Workers that refused the buffers, or did not answer in time, are named once the
+        # snapshot is published: the others still update.
+        failure = self._hand_out(model_id, version)
         ring = self.rings[model_id]
         if source is not None and not self._fits_ring(model_id, ring, source, weights):
             source = None  # not laid out like the snapshots: copy tensor by tensor
@@ -293,15 +296,16 @@ class SharedMemTransport:
                 model_id, ["(vs. the registered model) " + p for p in buffer_problems]
             )
         index = self._wait_for_free_buffer(model_id, ring, version)
-        newest_refused, earlier = self._take_refusals(model_id)  # of versions published before
-        if refused:
-            newest_refused = version
-        refused = earlier | refused
         self._executor = self._executor or ThreadPoolExecutor(1, thread_name_prefix="weightsync")
         self._pending = self._executor.submit(
             self._write_and_publish, ring, index, version, weights, source
         )
-        self._refused = WorkerRejectedError(model_id, newest_refused, refused) if refused else None
+        refused_version, refused = self._take_refusals(model_id)  # of versions published before
+        if isinstance(failure, WorkerRejectedError):
+            refused_version, refused = version, refused | failure.rejections
+        elif failure is None and refused:
+            failure = WorkerRejectedError(model_id, refused_version, refused)
+        self._failure = failure
 
     def finish(self, timeout: float | None = None) -> None:
         """Block until the snapshot started by :meth:`start` is published."""
@@ -315,9 +319,9 @@ class SharedMemTransport:
             raise SyncTimeoutError(
                 f"writing a shared-memory snapshot did not finish within {timeout:g} s"
             ) from err
-        refused, self._refused = self._refused, None
-        if refused is not None:
-            raise refused
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
     @staticmethod
     def _write_and_publish(
@@ -363,30 +367,55 @@ class SharedMemTransport:
             time.sleep(0.0005)
         return index
 
-    def _hand_out(self, model_id: str) -> None:
-        """Send the model's ring to every worker that lacks it; wait for them to adopt it."""
+    def _hand_out(self, model_id: str, version: int) -> WeightSyncError | None:
+        """Hand the model's ring to every live worker that lacks it (once: a worker that has not
+        answered yet is not sent it again) and wait, up to ``timeout`` in all, for the answers of
+        every worker handed it and not yet heard from. Returns the error naming those that did
+        not answer in time (SyncTimeoutError) or refused it (WorkerRejectedError), if any; they
+        are waited for, or handed the ring again, by the next send."""
         ring = self.rings[model_id]
-        registered = self._registered[model_id]
-        newcomers = [link for link in self._live_links() if link.worker_id not in registered]
-        if not newcomers:
-            return
-        if any(link.worker_id >= ring.num_readers for link in newcomers):
+        registered, offered = self._registered[model_id], self._offered[model_id]
+        live = {link.worker_id: link for link in self._live_links()}
+        offered &= live.keys()
+        newcomers = [w for w in live if w not in registered and w not in offered]
+        if any(w >= ring.num_readers for w in newcomers):
             raise RuntimeError(
                 f"a worker pipe was registered after model {model_id!r}'s shared buffers were "
                 "created; register every pipe before the first send"
             )
-        version = max(ring.published_version, 0)
-        for link in newcomers:
-            link.send_weights_async(model_id, _Registration(ring, link.worker_id), version)
-        rejections = {}
-        for link in newcomers:
-            try:
-                link.wait_ack()
-                registered.add(link.worker_id)
-            except WorkerRejectedError as err:
-                rejections.update(err.rejections)
+        published = max(ring.published_version, 0)
+        for w in newcomers:
+            with contextlib.suppress(OSError, EOFError):  # gone: the next liveness check says so
+                live[w].pipe.send((WEIGHTS, model_id, published, _Registration(ring, w)))
+                offered.add(w)
+        rejections: dict[int, str] = {}
+        deadline = time.monotonic() + self.timeout
+        while offered and (remaining := deadline - time.monotonic()) > 0:
+            for pipe in wait([live[w].pipe for w in offered], remaining):
+                w = next(w for w in offered if live[w].pipe is pipe)
+                try:
+                    kind, got_model, _, payload = pipe.recv()
+                except (EOFError, OSError):  # died: the next send's liveness check names it
+                    offered.discard(w)
+                    continue
+                if got_model != model_id:
+                    continue
+                offered.discard(w)
+                if kind == ERROR:
+                    rejections[w] = payload
+                else:
+                    registered.add(w)
+        if offered:
+            return SyncTimeoutError(
+                f"worker(s) {sorted(offered)} did not take the shared buffers of model "
+                f"{model_id!r} within {self.timeout:g} s; they may be slow to start (raise the "
+                "timeout) or stuck. The other workers were updated; the next send waits for "
+                "these again.",
+                workers=sorted(offered),
+            )
         if rejections:
-            raise WorkerRejectedError(model_id, version, rejections)
+            return WorkerRejectedError(model_id, version, rejections)
+        return None
 
     def _take_refusals(self, model_id: str) -> tuple[int, dict[int, str]]:
         """The refusals registered workers sent over their pipes since the last send (a worker
