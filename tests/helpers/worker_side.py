@@ -6,6 +6,7 @@ Each reports on its control pipe: ``("ready", pid)`` once it is up, its findings
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -66,3 +67,37 @@ def slow_to_start(scheme, pipe, ctl, delay_s: float) -> None:
     the command-driven worker of ``workers.py``."""
     time.sleep(delay_s)
     ready_then_serve(scheme, pipe, ctl)
+
+
+def _reshape_last_parameter(model: nn.Module) -> None:
+    last = list(model.parameters())[-1]
+    last.data = torch.zeros(last.numel() + 1)  # no registration: only the tensor changed
+
+
+MUTATIONS = {"reshape-last": _reshape_last_parameter, "double": lambda model: model.double()}
+
+
+def mutated_worker(scheme, pipe, ctl, mutation: str) -> None:
+    """Connect, then change the model without registering anything (``MUTATIONS``), and keep
+    receiving until the trainer shuts down. Reports ``("mutated",)``, then ``("stats", dict)``:
+    the version held at the end and whether the model is still exactly as it was mutated."""
+    from tests.helpers.models import make_model, same_weights
+
+    try:
+        ctl.send(("ready", os.getpid()))
+        model = make_model(1)
+        scheme.init_on_receiver("policy", model=model, pipe=pipe)
+        scheme.connect(timeout=60.0)
+        MUTATIONS[mutation](model)
+        as_mutated = copy.deepcopy(model)
+        ctl.send(("mutated",))
+        while not scheme.closed:
+            scheme.receive(0.005)
+        stats = {
+            "version": scheme.get_receiver().version,
+            "unchanged": same_weights(model, as_mutated),
+            "dtype": str(next(model.parameters()).dtype),
+        }
+        ctl.send(("stats", stats))
+    except Exception as err:
+        ctl.send(("error", type(err).__name__, str(err)))

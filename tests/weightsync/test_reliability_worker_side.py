@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers.fault_workers import fill_version, ready_then_serve, uniform_model
 from tests.helpers.models import assert_same_state, make_model, perturb, state_of
-from tests.helpers.worker_side import refusing_reader, slow_to_start
+from tests.helpers.worker_side import MUTATIONS, mutated_worker, refusing_reader, slow_to_start
 from tests.helpers.workers import ask
 from weightsync import SyncTimeoutError, WeightSyncScheme, WorkerRejectedError
 
@@ -106,3 +106,30 @@ def test_a_slow_first_worker_times_out_connect_and_a_later_send_reaches_it(procs
     for control in controls:
         control.send(("stop",))
     scheme.shutdown()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+@pytest.mark.parametrize("backend", ["shared-mem", "pipe"])
+def test_a_worker_model_changed_after_connect_is_validated_as_it_is_now(procs, backend, mutation):
+    scheme = WeightSyncScheme.from_backend(backend, timeout=5.0)
+    pipe, ctl = _start(procs, mutated_worker, scheme, mutation)
+    model = make_model(0)
+    scheme.init_on_sender("policy", model=model, pipes=[pipe])
+    scheme.connect()
+    _expect(ctl, "mutated")
+    refusals = []
+    for step in (1, 2, 3):
+        perturb(model, step)
+        try:
+            scheme.send()
+        except WorkerRejectedError as err:
+            refusals.append(err)
+        time.sleep(0.5)  # the shared-mem worker refuses at its next receive()
+    assert refusals, "the trainer was never told that the worker's model no longer fits"
+    assert all(err.workers == [0] for err in refusals), refusals[0]
+    assert scheme.get_sender().acked_versions == {0: 1}
+    scheme.shutdown()
+    (stats,) = _expect(ctl, "stats")
+    assert stats["version"] == 1 and stats["unchanged"], f"the worker's model moved: {stats}"
+    assert stats["dtype"] == ("torch.float64" if mutation == "double" else "torch.float32")
