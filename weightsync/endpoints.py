@@ -286,8 +286,9 @@ class WeightReceiver:
 
     def connect(self, timeout: float) -> None:
         """Wait for the initial weights; SyncTimeoutError naming the model if none come, or
-        WeightMismatchError if they came but do not fit this worker's model."""
-        if not self.transport.carries_weights:
+        WeightMismatchError if they came but do not fit this worker's model. Returns at once
+        when an earlier :meth:`receive` already applied them."""
+        if not self.transport.carries_weights or self._applied_any:
             return
         if not self.receive(timeout):
             if self.refused is not None:

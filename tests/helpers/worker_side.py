@@ -101,3 +101,27 @@ def mutated_worker(scheme, pipe, ctl, mutation: str) -> None:
         ctl.send(("stats", stats))
     except Exception as err:
         ctl.send(("error", type(err).__name__, str(err)))
+
+
+def receive_then_connect(scheme, pipe, ctl) -> None:
+    """Call ``receive()`` until the initial weights arrive, then ``connect()``, and report
+    ``("connected", version received, version after connect)``; then wait for version 2 and
+    report ``("stats", version)``."""
+    from tests.helpers.models import make_model
+
+    try:
+        ctl.send(("ready", os.getpid()))
+        scheme.init_on_receiver("policy", model=make_model(1), pipe=pipe)
+        deadline = time.monotonic() + 60.0
+        while not scheme.receive(0.01) and time.monotonic() < deadline:
+            pass
+        received = scheme.get_receiver().version
+        scheme.connect(timeout=2.0)
+        ctl.send(("connected", received, scheme.get_receiver().version))
+        while scheme.get_receiver().version < 2 and time.monotonic() < deadline:
+            scheme.receive(0.01)
+        ctl.send(("stats", scheme.get_receiver().version))
+        while not scheme.closed:
+            scheme.receive(0.01)
+    except Exception as err:
+        ctl.send(("error", type(err).__name__, str(err)))

@@ -12,7 +12,13 @@ import pytest
 
 from tests.helpers.fault_workers import fill_version, ready_then_serve, uniform_model
 from tests.helpers.models import assert_same_state, make_model, perturb, state_of
-from tests.helpers.worker_side import MUTATIONS, mutated_worker, refusing_reader, slow_to_start
+from tests.helpers.worker_side import (
+    MUTATIONS,
+    mutated_worker,
+    receive_then_connect,
+    refusing_reader,
+    slow_to_start,
+)
 from tests.helpers.workers import ask
 from weightsync import SyncTimeoutError, WeightSyncScheme, WorkerRejectedError
 
@@ -133,3 +139,18 @@ def test_a_worker_model_changed_after_connect_is_validated_as_it_is_now(procs, b
     (stats,) = _expect(ctl, "stats")
     assert stats["version"] == 1 and stats["unchanged"], f"the worker's model moved: {stats}"
     assert stats["dtype"] == ("torch.float64" if mutation == "double" else "torch.float32")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["shared-mem", "pipe"])
+def test_receive_before_connect_keeps_the_initial_weights_and_connect_returns(procs, backend):
+    scheme = WeightSyncScheme.from_backend(backend, timeout=10.0)
+    pipe, ctl = _start(procs, receive_then_connect, scheme)
+    model = make_model(0)
+    scheme.init_on_sender("policy", model=model, pipes=[pipe])
+    scheme.connect()
+    assert _expect(ctl, "connected") == [1, 1]  # connect() saw the weights receive() applied
+    perturb(model, 1)
+    scheme.send()
+    assert _expect(ctl, "stats") == [2]
+    scheme.shutdown()
