@@ -125,3 +125,17 @@ def receive_then_connect(scheme, pipe, ctl) -> None:
             scheme.receive(0.01)
     except Exception as err:
         ctl.send(("error", type(err).__name__, str(err)))
+
+
+def connect_and_report(scheme, pipe, ctl) -> None:
+    """Connect (waiting up to a minute) and report ``("connected", version)`` or the error."""
+    from tests.helpers.models import make_model
+
+    try:
+        ctl.send(("ready", os.getpid()))
+        scheme.init_on_receiver("policy", model=make_model(1), pipe=pipe)
+        scheme.connect(timeout=60.0)
+        ctl.send(("connected", scheme.get_receiver().version))
+        scheme.shutdown()
+    except Exception as err:
+        ctl.send(("error", type(err).__name__, str(err)))

@@ -14,6 +14,7 @@ from tests.helpers.fault_workers import fill_version, ready_then_serve, uniform_
 from tests.helpers.models import assert_same_state, make_model, perturb, state_of
 from tests.helpers.worker_side import (
     MUTATIONS,
+    connect_and_report,
     mutated_worker,
     receive_then_connect,
     refusing_reader,
@@ -153,4 +154,25 @@ def test_receive_before_connect_keeps_the_initial_weights_and_connect_returns(pr
     perturb(model, 1)
     scheme.send()
     assert _expect(ctl, "stats") == [2]
+    scheme.shutdown()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("trainer_backend", "worker_backend"), [("pipe", "shared-mem"), ("shared-mem", "pipe")]
+)
+def test_a_scheme_mismatch_is_named_on_both_sides_at_once(procs, trainer_backend, worker_backend):
+    """Named, not waited out: the trainer's timeout is a minute, and neither error is a
+    time-out or a dead peer."""
+    worker_scheme = WeightSyncScheme.from_backend(worker_backend, timeout=60.0)
+    pipe, ctl = _start(procs, connect_and_report, worker_scheme)
+    scheme = WeightSyncScheme.from_backend(trainer_backend, timeout=60.0)
+    scheme.init_on_sender("policy", model=make_model(0), pipes=[pipe])
+    with pytest.raises(WorkerRejectedError, match="scheme") as info:
+        scheme.connect()
+    assert info.value.workers == [0] and worker_backend in str(info.value), info.value
+    assert ctl.poll(30), "the worker did not report"
+    kind, error_type, message = ctl.recv()
+    assert (kind, error_type) == ("error", "SchemeMismatchError"), message
+    assert worker_backend in message and "same scheme" in message, message
     scheme.shutdown()

@@ -25,6 +25,7 @@ import torch
 
 from weightsync.errors import (
     PeerDiedError,
+    SchemeMismatchError,
     SyncTimeoutError,
     WeightMismatchError,
     WeightSyncError,
@@ -519,10 +520,13 @@ class SharedMemReader:
             return None
         model_id, registration = got
         if not isinstance(registration, _Registration):
-            raise PeerDiedError(
-                f"expected the shared buffers of a model from the trainer, got a "
-                f"{type(registration).__name__}; are both ends using the shared-mem scheme?"
+            problem = (
+                f"this worker uses the shared-mem scheme, but the trainer sent a "
+                f"{type(registration).__name__} instead of shared buffers: it uses another "
+                "scheme. Build both ends from the same scheme (the same sync= backend)."
             )
+            self.link.send_error(problem)
+            raise SchemeMismatchError(problem)
         self.ring, self.reader, self.model_id = registration.ring, registration.reader, model_id
         self._pending_registration = True
         acquired = self.ring.acquire(self.reader, newer_than=_NONE)
