@@ -60,6 +60,10 @@ class SchemeMismatchError(WeightSyncError, TypeError):
     :class:`WorkerRejectedError` naming the worker."""
 
 
+class SharedMemoryError(WeightSyncError, MemoryError):
+    """Shared memory (``/dev/shm``) is too small for what must be shared; nothing was created."""
+
+
 class WorkerRejectedError(WeightSyncError):
     """A worker refused an update (its model did not fit); the worker keeps its old weights."""
 

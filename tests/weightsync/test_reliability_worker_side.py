@@ -6,6 +6,11 @@ ends; a too-small ``/dev/shm``; a worker reading its model from a second thread.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -176,3 +181,34 @@ def test_a_scheme_mismatch_is_named_on_both_sides_at_once(procs, trainer_backend
     assert (kind, error_type) == ("error", "SchemeMismatchError"), message
     assert worker_backend in message and "same scheme" in message, message
     scheme.shutdown()
+
+
+def _run_with_small_dev_shm(size: str) -> subprocess.CompletedProcess | None:
+    """Run ``tests.helpers.small_shm`` in a private mount namespace whose /dev/shm is a tmpfs of
+    ``size``; None where this process may not make one (not root, no unshare)."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return None
+    probe = f"{sys.executable} -m tests.helpers.small_shm"
+    script = f"mount -t tmpfs -o size={size} tmpfs /dev/shm && exec {probe}"
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+
+
+@pytest.mark.timeout(150)
+def test_a_too_small_dev_shm_fails_fast_names_the_fix_and_leaves_nothing_behind():
+    done = _run_with_small_dev_shm("6m")  # the model needs 3 snapshot buffers of 4 MiB
+    if done is None or (done.returncode != 0 and "mount" in done.stderr):
+        pytest.skip("cannot make a private, small /dev/shm here (needs root and unshare)")
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    trainer_error, message = found["trainer"]
+    assert trainer_error == "SharedMemoryError", found
+    assert "/dev/shm" in message and "--shm-size" in message, message
+    worker_error, worker_message = found["worker"]
+    assert worker_error == "SharedMemoryError" and "/dev/shm" in worker_message, found
+    assert found["left"] == [], f"left in the private /dev/shm: {found['left']}"

@@ -26,12 +26,14 @@ import torch
 from weightsync.errors import (
     PeerDiedError,
     SchemeMismatchError,
+    SharedMemoryError,
     SyncTimeoutError,
     WeightMismatchError,
     WeightSyncError,
     WorkerRejectedError,
 )
 from weightsync.flat import FlatBuffer, FlatLayout, copy_bytes
+from weightsync.shm import check_room
 from weightsync.transports.base import Update
 from weightsync.transports.pipe import ERROR, WEIGHTS, MPTransport
 from weightsync.weights import FlatWeights, flatten_weights
@@ -63,10 +65,18 @@ class SnapshotRing:
         self._fence = threading.Lock()
 
     @classmethod
-    def create(cls, weights: FlatWeights, *, num_readers: int, num_buffers: int) -> SnapshotRing:
+    def create(
+        cls, weights: FlatWeights, *, num_readers: int, num_buffers: int, model_id: str = ""
+    ) -> SnapshotRing:
+        """The buffers of ``model_id``, or SharedMemoryError (nothing created) when they cannot
+        all fit in ``/dev/shm``."""
         if not 2 <= num_buffers <= _INDEX_MASK + 1:
             raise ValueError(f"num_buffers must be in [2, {_INDEX_MASK + 1}], got {num_buffers}")
         layout = FlatLayout.for_weights(weights)
+        check_room(
+            num_buffers * layout.total_bytes,
+            f"model {model_id!r} with {num_buffers} snapshot buffers of {layout.total_bytes} bytes",
+        )
         extra_keys = list(weights.extra)
         buffers = [FlatBuffer(layout, extra_keys=extra_keys) for _ in range(num_buffers)]
         control = torch.full((1 + 2 * num_readers,), _NONE, dtype=torch.int64).share_memory_()
@@ -140,6 +150,13 @@ class SnapshotRing:
     def drop(self, reader: int) -> None:
         """Give up the snapshot being taken (refused); what the reader holds stays held."""
         self.control[1 + self.num_readers + reader] = _NONE
+
+
+class _SetupFailed:
+    """What a worker receives instead of a ring when the trainer could not create it."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 class _Registration:
@@ -216,11 +233,18 @@ class SharedMemTransport:
         if model_id in self.rings:
             raise RuntimeError(f"model {model_id!r} is already registered with this transport")
         flat = flatten_weights(weights)
-        ring = SnapshotRing.create(
-            flat,
-            num_readers=len(self.links),
-            num_buffers=self.num_buffers or len(self.links) + 2,
-        )
+        try:
+            ring = SnapshotRing.create(
+                flat,
+                num_readers=len(self.links),
+                num_buffers=self.num_buffers or len(self.links) + 2,
+                model_id=model_id,
+            )
+        except SharedMemoryError as err:  # tell the workers now, or they wait out their timeout
+            for link in self._live_links():
+                with contextlib.suppress(OSError, EOFError):
+                    link.pipe.send((WEIGHTS, model_id, 0, _SetupFailed(str(err))))
+            raise
         ring.buffers[0].write(flat)
         ring.publish(0, version)
         self.rings[model_id] = ring
@@ -519,6 +543,10 @@ class SharedMemReader:
         if got is None:
             return None
         model_id, registration = got
+        if isinstance(registration, _SetupFailed):
+            raise SharedMemoryError(
+                f"the trainer could not share model {model_id!r}: {registration.reason}"
+            )
         if not isinstance(registration, _Registration):
             problem = (
                 f"this worker uses the shared-mem scheme, but the trainer sent a "
