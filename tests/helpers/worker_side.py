@@ -139,3 +139,40 @@ def connect_and_report(scheme, pipe, ctl) -> None:
         scheme.shutdown()
     except Exception as err:
         ctl.send(("error", type(err).__name__, str(err)))
+
+
+def threaded_reader(scheme, pipe, ctl) -> None:
+    """Receive in the main thread while a second thread reads the whole model inside
+    ``scheme.reading()`` as fast as it can; report how many reads mixed versions."""
+    import threading
+
+    from tests.helpers.fault_workers import read_versions
+
+    try:
+        ctl.send(("ready", os.getpid()))
+        model = uniform_model()
+        fill_version(model, -1)
+        scheme.init_on_receiver("policy", model=model, pipe=pipe)
+        scheme.connect(timeout=60.0)
+        stats = {"reads": 0, "mixed": 0}
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                with scheme.reading():
+                    lo, hi = read_versions(model)
+                stats["reads"] += 1
+                stats["mixed"] += lo != hi
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            while not scheme.closed:
+                scheme.receive(0.001)
+        finally:
+            stop.set()
+            reader.join(30)
+        stats["version"] = scheme.get_receiver().version
+        ctl.send(("stats", stats))
+    except Exception as err:
+        ctl.send(("error", type(err).__name__, str(err)))

@@ -24,6 +24,7 @@ from tests.helpers.worker_side import (
     receive_then_connect,
     refusing_reader,
     slow_to_start,
+    threaded_reader,
 )
 from tests.helpers.workers import ask
 from weightsync import SyncTimeoutError, WeightSyncScheme, WorkerRejectedError
@@ -212,3 +213,23 @@ def test_a_too_small_dev_shm_fails_fast_names_the_fix_and_leaves_nothing_behind(
     worker_error, worker_message = found["worker"]
     assert worker_error == "SharedMemoryError" and "/dev/shm" in worker_message, found
     assert found["left"] == [], f"left in the private /dev/shm: {found['left']}"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["shared-mem", "pipe"])
+def test_a_second_thread_reading_inside_reading_never_sees_two_versions(procs, backend):
+    scheme = WeightSyncScheme.from_backend(backend, strategy="state_dict", timeout=10.0)
+    pipe, ctl = _start(procs, threaded_reader, scheme)
+    model = uniform_model()
+    fill_version(model, 1)
+    scheme.init_on_sender("policy", model=model, pipes=[pipe])
+    scheme.connect()
+    sender = scheme.get_sender()
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        fill_version(model, sender.version + 1)
+        scheme.send()
+    scheme.shutdown()
+    (stats,) = _expect(ctl, "stats")
+    assert stats["mixed"] == 0, f"the reading thread saw two versions at once: {stats}"
+    assert stats["reads"] >= 10 and stats["version"] >= 2, stats
