@@ -333,7 +333,11 @@ class WeightReceiver:
             )
 
     def apply_weights(self, weights: Any) -> None:
-        """Apply ``weights`` (any format) to the model, validated first."""
+        """Apply ``weights`` (any format) to the model, validated first. A model living in a
+        shared snapshot (read-only in a worker) is first moved into this worker's own memory."""
+        if self._bound is not None and self._bound.module is self.model:
+            self._bound.weights(live=True)
+            self._into_own(self._bound, self._bound.buffer)
         self.strategy.apply_weights(self.model, weights, model_id=self.model_id)
 
     def _apply_update(self, update: Update) -> None:
@@ -372,12 +376,17 @@ class WeightReceiver:
         The model is (re-)bound to that private buffer first when it lives elsewhere (e.g. in a
         snapshot it adopted): updates are never written into a buffer the worker does not own.
         """
-        own = self._own
-        if own is None or own.layout != incoming.layout:
-            own = self._own = FlatBuffer(
-                incoming.layout, extra_keys=incoming.extra_keys, shared=False
-            )
-        if (bound.buffer is not own or not bound.is_bound()) and not bound.bind(own):
+        if not self._into_own(bound, incoming):
             return False
-        copy_bytes(own.tensor_region, incoming.tensor_region)
+        copy_bytes(self._own.tensor_region, incoming.tensor_region)
         return True
+
+    def _into_own(self, bound: BoundModule, like: FlatBuffer | None) -> bool:
+        """Bind the model to this worker's private buffer laid out like ``like`` (its values
+        copied in), unless it lives there already; False when it cannot be bound."""
+        if like is None:
+            return False
+        own = self._own
+        if own is None or own.layout != like.layout:
+            own = self._own = FlatBuffer(like.layout, extra_keys=like.extra_keys, shared=False)
+        return (bound.buffer is own and bound.is_bound()) or bound.bind(own)

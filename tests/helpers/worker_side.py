@@ -176,3 +176,34 @@ def threaded_reader(scheme, pipe, ctl) -> None:
         ctl.send(("stats", stats))
     except Exception as err:
         ctl.send(("error", type(err).__name__, str(err)))
+
+
+def aliasing_worker(scheme, pipe, ctl) -> None:
+    """A shared-mem worker whose parameters alias the snapshot it adopted (a model of large
+    tensors). Commands: ``("write",)``: add 1 to its first parameter in place, reply
+    ``("wrote",)`` if it survives; ``("read",)``: reply ``("read", lowest, highest, version)``;
+    ``("stop",)``."""
+    from tests.helpers.fault_workers import read_versions
+
+    try:
+        ctl.send(("ready", os.getpid()))
+        model = uniform_model()
+        fill_version(model, -1)
+        scheme.init_on_receiver("policy", model=model, pipe=pipe)
+        scheme.connect(timeout=60.0)
+        while True:
+            scheme.receive(0.002)
+            if not ctl.poll(0.002):
+                continue
+            command = ctl.recv()[0]
+            if command == "stop":
+                break
+            if command == "write":
+                with torch.no_grad():
+                    next(model.parameters()).add_(1.0)
+                ctl.send(("wrote",))
+            elif command == "read":
+                ctl.send(("read", *read_versions(model), scheme.get_receiver().version))
+        scheme.shutdown()
+    except Exception as err:
+        ctl.send(("error", type(err).__name__, str(err)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from tests.helpers.fault_workers import fill_version, ready_then_serve, uniform_
 from tests.helpers.models import assert_same_state, make_model, perturb, state_of
 from tests.helpers.worker_side import (
     MUTATIONS,
+    aliasing_worker,
     connect_and_report,
     mutated_worker,
     receive_then_connect,
@@ -233,3 +235,21 @@ def test_a_second_thread_reading_inside_reading_never_sees_two_versions(procs, b
     (stats,) = _expect(ctl, "stats")
     assert stats["mixed"] == 0, f"the reading thread saw two versions at once: {stats}"
     assert stats["reads"] >= 10 and stats["version"] >= 2, stats
+
+
+@pytest.mark.timeout(90)
+def test_a_shared_mem_worker_writing_its_adopted_weights_cannot_change_what_others_read(procs):
+    scheme = WeightSyncScheme.from_backend("shared-mem", strategy="state_dict", timeout=10.0)
+    (pipe0, ctl0), (pipe1, ctl1) = (_start(procs, aliasing_worker, scheme) for _ in range(2))
+    model = uniform_model()
+    fill_version(model, 1)
+    scheme.init_on_sender("policy", model=model, pipes=[pipe0, pipe1])
+    scheme.connect()  # both workers now point into the same snapshot
+    writer = procs.processes[0]
+    ctl0.send(("write",))
+    writer.join(30)
+    assert writer.exitcode == -signal.SIGSEGV, "the write into the shared snapshot went through"
+    assert ask(ctl1, "read") == ("read", 1.0, 1.0, 1), "another worker's write reached worker 1"
+    ctl1.send(("stop",))
+    scheme.get_sender().remove_workers([0])
+    scheme.shutdown()

@@ -15,6 +15,10 @@ file-descriptor strategy, which leaves no named ``/dev/shm`` entry behind even a
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import faulthandler
+import mmap
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +49,25 @@ _NONE = -1
 
 def _word(version: int, index: int) -> int:
     return (version << _INDEX_BITS) | index
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_PROT_READ = 1
+_created_here: set[int] = set()  # addresses of the snapshot buffers this process created
+
+
+def _make_read_only(buffer: FlatBuffer) -> None:
+    """Map a snapshot read-only in this (worker) process, so that a worker writing into the
+    parameters it adopted (``p.add_()``, an optimizer step) cannot change what the other workers
+    read: the write stops the worker with SIGSEGV (faulthandler prints where) instead of
+    silently reaching every worker. Skipped for the trainer's own buffers (a worker in the
+    trainer's process shares its mapping) and where the platform offers no ``mprotect``."""
+    address, nbytes = buffer.data.data_ptr(), buffer.data.numel()
+    if _LIBC is None or address in _created_here or address % mmap.PAGESIZE or not nbytes:
+        return
+    _LIBC.mprotect(ctypes.c_void_p(address), ctypes.c_size_t(nbytes), _PROT_READ)
+    with contextlib.suppress(Exception):  # no usable stderr: the worker still stops
+        faulthandler.enable()
 
 
 class SnapshotRing:
@@ -79,6 +102,7 @@ class SnapshotRing:
         )
         extra_keys = list(weights.extra)
         buffers = [FlatBuffer(layout, extra_keys=extra_keys) for _ in range(num_buffers)]
+        _created_here.update(buffer.data.data_ptr() for buffer in buffers)
         control = torch.full((1 + 2 * num_readers,), _NONE, dtype=torch.int64).share_memory_()
         return cls(buffers, control)
 
@@ -556,6 +580,8 @@ class SharedMemReader:
             self.link.send_error(problem)
             raise SchemeMismatchError(problem)
         self.ring, self.reader, self.model_id = registration.ring, registration.reader, model_id
+        for buffer in self.ring.buffers:
+            _make_read_only(buffer)
         self._pending_registration = True
         acquired = self.ring.acquire(self.reader, newer_than=_NONE)
         if acquired is None:  # nothing published yet cannot happen: registration publishes
