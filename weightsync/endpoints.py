@@ -335,10 +335,11 @@ class WeightReceiver:
     def apply_weights(self, weights: Any) -> None:
         """Apply ``weights`` (any format) to the model, validated first. A model living in a
         shared snapshot (read-only in a worker) is first moved into this worker's own memory."""
-        if self._bound is not None and self._bound.module is self.model:
-            self._bound.weights(live=True)
-            self._into_own(self._bound, self._bound.buffer)
-        self.strategy.apply_weights(self.model, weights, model_id=self.model_id)
+        with self._in_use:  # as an update: never while a reader is inside reading()
+            if self._bound is not None and self._bound.module is self.model:
+                self._bound.weights(live=True)
+                self._into_own(self._bound, self._bound.buffer)
+            self.strategy.apply_weights(self.model, weights, model_id=self.model_id)
 
     def _apply_update(self, update: Update) -> None:
         model = self.model

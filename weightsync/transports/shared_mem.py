@@ -350,8 +350,8 @@ class SharedMemTransport:
             self._write_and_publish, ring, index, version, weights, source
         )
         refused_version, refused = self._take_refusals(model_id)  # of versions published before
-        if isinstance(failure, WorkerRejectedError):
-            refused_version, refused = version, refused | failure.rejections
+        if isinstance(failure, WorkerRejectedError):  # the buffers, now: one error for both
+            failure = WorkerRejectedError(model_id, version, refused | failure.rejections)
         elif failure is None and refused:
             failure = WorkerRejectedError(model_id, refused_version, refused)
         self._failure = failure
