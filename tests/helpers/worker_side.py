@@ -181,7 +181,8 @@ def threaded_reader(scheme, pipe, ctl) -> None:
 def aliasing_worker(scheme, pipe, ctl) -> None:
     """A shared-mem worker whose parameters alias the snapshot it adopted (a model of large
     tensors). Commands: ``("write",)``: add 1 to its first parameter in place, reply
-    ``("wrote",)`` if it survives; ``("read",)``: reply ``("read", lowest, highest, version)``;
+    ``("wrote",)`` if it survives; ``("apply",)``: ``receiver.apply_weights`` of all zeros, reply
+    ``("applied",)``; ``("read",)``: reply ``("read", lowest, highest, version)``;
     ``("stop",)``."""
     from tests.helpers.fault_workers import read_versions
 
@@ -202,6 +203,10 @@ def aliasing_worker(scheme, pipe, ctl) -> None:
                 with torch.no_grad():
                     next(model.parameters()).add_(1.0)
                 ctl.send(("wrote",))
+            elif command == "apply":  # the receiver's own API for writing the model
+                zeros = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+                scheme.get_receiver().apply_weights(zeros)
+                ctl.send(("applied",))
             elif command == "read":
                 ctl.send(("read", *read_versions(model), scheme.get_receiver().version))
         scheme.shutdown()

@@ -253,3 +253,25 @@ def test_a_shared_mem_worker_writing_its_adopted_weights_cannot_change_what_othe
     ctl1.send(("stop",))
     scheme.get_sender().remove_workers([0])
     scheme.shutdown()
+
+
+@pytest.mark.timeout(90)
+def test_apply_weights_in_a_shared_mem_worker_changes_that_worker_only(procs):
+    scheme = WeightSyncScheme.from_backend("shared-mem", strategy="state_dict", timeout=10.0)
+    (pipe0, ctl0), (pipe1, ctl1) = (_start(procs, aliasing_worker, scheme) for _ in range(2))
+    model = uniform_model()
+    fill_version(model, 1)
+    scheme.init_on_sender("policy", model=model, pipes=[pipe0, pipe1])
+    scheme.connect()
+    assert ask(ctl0, "apply") == ("applied",)
+    assert ask(ctl0, "read") == ("read", 0.0, 0.0, 1)
+    assert ask(ctl1, "read") == ("read", 1.0, 1.0, 1), "worker 0's apply reached worker 1"
+    fill_version(model, 2)
+    scheme.send()  # worker 0 takes updates again after its own apply
+    for w, ctl in enumerate((ctl0, ctl1)):
+        deadline = time.monotonic() + 10.0
+        while (read := ask(ctl, "read"))[3] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert read == ("read", 2.0, 2.0, 2), f"worker {w}: {read}"
+        ctl.send(("stop",))
+    scheme.shutdown()
