@@ -7,6 +7,7 @@ which may overlap the trainer's next forward/backward), then publishes it with o
 of ``(version, buffer index)``. A worker adopts the newest snapshot by pointing its parameters at
 it (no copy at all) and records in its own control slot which snapshot it holds, so the trainer
 never writes into a buffer in use: a worker sees version N complete or keeps N-1, never a mix.
+A worker maps the snapshots read-only, so it cannot change what the other workers read.
 
 The buffers' handles cross the worker's pipe once, at registration. Memory is shared with torch's
 file-descriptor strategy, which leaves no named ``/dev/shm`` entry behind even after ``kill -9``.
