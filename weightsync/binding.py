@@ -41,7 +41,8 @@ class BoundModule:
 
     @property
     def structure_stamp(self) -> int:
-        """Changes whenever a parameter, buffer or submodule may have been added or replaced."""
+        """Changes whenever a tensor may have been added, replaced, reshaped or re-typed (as of
+        the last :meth:`weights` call that re-read the addresses)."""
         return self._cache.structure_stamp
 
     def is_bound(self) -> bool:

@@ -12,7 +12,10 @@ path flows one way: endpoint, transport, flat buffer, weights.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import warnings
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from torch import nn
@@ -234,6 +237,13 @@ class WeightReceiver:
 
     A scheme builds its receiver; ``WeightReceiver(scheme)`` (TorchRL's legacy form) asks the
     scheme for these arguments.
+
+    Threads: :meth:`receive` changes the model's tensors (their values, or where they live). A
+    worker that uses the model from other threads while one thread receives wraps each use in
+    ``with receiver.reading():`` (an uncontended lock: about a tenth of a microsecond); an update
+    is applied only while no thread is inside such a block, so a block sees one version from
+    start to end. A receive that finds the model in use keeps the update and applies it at a
+    later call.
     """
 
     def __init__(
@@ -257,13 +267,27 @@ class WeightReceiver:
         self._applied_any = False
         self.refused: list[str] | None = None  # the problems of the last update refused, if any
         self._validated: tuple | None = None  # (layout, extra keys, structure) checked
+        self._misfit: tuple | None = None  # the same, for the last update refused
         self._bound: BoundModule | None = None  # the model, and the buffer it lives in
         self._own: FlatBuffer | None = None  # this worker's private flat copy (copying transports)
+        self._in_use = threading.RLock()  # held by readers (reading()) and while applying
+        self._deferred: Update | None = None  # arrived while the model was in use
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(transport=None, model=None, _validated=None, _bound=None, _own=None)
+        state.update(
+            transport=None, model=None, _validated=None, _misfit=None, _bound=None, _own=None
+        )
+        del state["_in_use"], state["_deferred"]
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _in_use=threading.RLock(), _deferred=None)
+
+    def reading(self) -> AbstractContextManager:
+        """``with receiver.reading():`` keeps updates out of the model for the block's duration
+        (for a worker that uses the model in threads other than the one calling receive())."""
+        return self._in_use
 
     @property
     def closed(self) -> bool:
@@ -271,20 +295,37 @@ class WeightReceiver:
         return self.transport.closed
 
     def receive(self, timeout: float = 0.001) -> bool:
-        """Apply new weights if some arrive within ``timeout`` s; True when applied."""
-        update = self.transport.poll(check_timeout(timeout, allow_zero=True))
+        """Apply new weights if some arrive within ``timeout`` s; True when applied. Waits (up to
+        ``timeout``) for other threads to leave their :meth:`reading` blocks first."""
+        deadline = time.monotonic() + check_timeout(timeout, allow_zero=True)
+        update, self._deferred = self._deferred, None
+        update = update or self.transport.poll(timeout)
         if update is None:
             return False
+        if not self._in_use.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            self._deferred = update  # in use: applied by a later call
+            return False
+        try:
+            return self._take(update)
+        finally:
+            self._in_use.release()
+
+    def _take(self, update: Update) -> bool:
+        """Apply (or refuse) ``update``, with no reader inside :meth:`reading`."""
         if self._applied_any and update.version <= self.version:
             self.transport.acknowledge(update)  # not newer than what we hold: never go back
             return False
         try:
             self._apply_update(update)
         except WeightMismatchError as err:
-            log.warning("worker refused version %d: %s", update.version, err)
+            if err.problems != self.refused:  # said once per misfit, not once per update
+                log.warning("worker refused version %d: %s", update.version, err)
             self.refused = err.problems  # recorded before the trainer hears of it
             self.transport.reject(update, str(err))
             return False
+        except Exception as err:  # the trainer hears of any failure, then the worker does
+            self.transport.reject(update, f"{type(err).__name__}: {err}")
+            raise
         self.version = update.version
         self._applied_any = True
         self.refused = None
@@ -293,9 +334,10 @@ class WeightReceiver:
 
     def connect(self, timeout: float) -> None:
         """Wait for the initial weights; SyncTimeoutError naming the model if none come, or
-        WeightMismatchError if they came but do not fit this worker's model."""
+        WeightMismatchError if they came but do not fit this worker's model. Returns at once
+        when an earlier :meth:`receive` already applied them."""
         check_timeout(timeout)
-        if not self.transport.carries_weights:
+        if not self.transport.carries_weights or self._applied_any:
             return
         if not self.receive(timeout):
             if self.refused is not None:
@@ -306,8 +348,13 @@ class WeightReceiver:
             )
 
     def apply_weights(self, weights: Any) -> None:
-        """Apply ``weights`` (any format) to the model, validated first."""
-        self.strategy.apply_weights(self.model, weights, model_id=self.model_id)
+        """Apply ``weights`` (any format) to the model, validated first. A model living in a
+        shared snapshot (read-only in a worker) is first moved into this worker's own memory."""
+        with self._in_use:  # as an update: never while a reader is inside reading()
+            if self._bound is not None and self._bound.module is self.model:
+                self._bound.weights(live=True)
+                self._into_own(self._bound, self._bound.buffer)
+            self.strategy.apply_weights(self.model, weights, model_id=self.model_id)
 
     def _apply_update(self, update: Update) -> None:
         model = self.model
@@ -321,6 +368,8 @@ class WeightReceiver:
         # Checked again whenever the incoming layout or the model's structure changes.
         shape = (update.buffer.layout, update.buffer.extra_keys, bound.structure_stamp)
         if shape != self._validated:
+            if shape == self._misfit and self.refused:  # refused as it is: not compared again
+                raise WeightMismatchError(self.model_id, self.refused)
             incoming = update.buffer.layout.as_meta_weights(update.buffer.extra_keys)
             problems = weight_mismatches(live, incoming)
             problems += [
@@ -329,6 +378,7 @@ class WeightReceiver:
                 for key in meta_keys(live)
             ]
             if problems:
+                self._misfit = shape
                 raise WeightMismatchError(self.model_id, problems)
             self._validated = shape
         if (
@@ -347,12 +397,17 @@ class WeightReceiver:
         The model is (re-)bound to that private buffer first when it lives elsewhere (e.g. in a
         snapshot it adopted): updates are never written into a buffer the worker does not own.
         """
-        own = self._own
-        if own is None or own.layout != incoming.layout:
-            own = self._own = FlatBuffer(
-                incoming.layout, extra_keys=incoming.extra_keys, shared=False
-            )
-        if (bound.buffer is not own or not bound.is_bound()) and not bound.bind(own):
+        if not self._into_own(bound, incoming):
             return False
-        copy_bytes(own.tensor_region, incoming.tensor_region)
+        copy_bytes(self._own.tensor_region, incoming.tensor_region)
         return True
+
+    def _into_own(self, bound: BoundModule, like: FlatBuffer | None) -> bool:
+        """Bind the model to this worker's private buffer laid out like ``like`` (its values
+        copied in), unless it lives there already; False when it cannot be bound."""
+        if like is None:
+            return False
+        own = self._own
+        if own is None or own.layout != like.layout:
+            own = self._own = FlatBuffer(like.layout, extra_keys=like.extra_keys, shared=False)
+        return (bound.buffer is own and bound.is_bound()) or bound.bind(own)

@@ -59,6 +59,16 @@ class PeerDiedError(WeightSyncError, ConnectionError):
     """The other end of a connection is gone (worker or trainer process died)."""
 
 
+class SchemeMismatchError(WeightSyncError, TypeError):
+    """The trainer and a worker use different schemes (e.g. ``pipe`` on one end, ``shared-mem``
+    on the other): raised in the worker at the first message; the trainer hears of it as a
+    :class:`WorkerRejectedError` naming the worker."""
+
+
+class SharedMemoryError(WeightSyncError, MemoryError):
+    """Shared memory (``/dev/shm``) is too small for what must be shared; nothing was created."""
+
+
 class WorkerRejectedError(WeightSyncError):
     """A worker refused an update (its model did not fit); the worker keeps its old weights."""
 

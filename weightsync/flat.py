@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from weightsync.shm import shared_zeros
 from weightsync.weights import FlatWeights, weight_mismatches
 
 _ALIGN = 64
@@ -156,8 +157,12 @@ class FlatLayout:
         )
 
     def allocate(self, *, shared: bool, device: torch.device | str = "cpu") -> torch.Tensor:
-        """A zeroed byte buffer for this layout, in shared memory when ``shared``."""
-        data = torch.zeros(max(self.total_bytes, 1), dtype=torch.uint8, device=device)
+        """A zeroed byte buffer for this layout, in shared memory when ``shared`` (a
+        SharedMemoryError, leaving nothing behind, when ``/dev/shm`` is too small)."""
+        nbytes = max(self.total_bytes, 1)
+        if shared and torch.device(device).type == "cpu":
+            return shared_zeros(nbytes, f"a flat buffer of {len(self.slots)} tensors")
+        data = torch.zeros(nbytes, dtype=torch.uint8, device=device)
         return data.share_memory_() if shared else data
 
 

@@ -33,7 +33,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "weightsync"
 #: (``weightsync.transports.pipe`` imports ``weightsync.transports.base``).
 LAYERS = [
     {"errors", "launch", "timeouts"},
-    {"paths", "weights"},
+    {"paths", "shm", "weights"},
     {"flat", "strategy"},
     {"binding", "sources", "group"},
     {"legacy"},

@@ -21,6 +21,7 @@ Lifecycle, as in TorchRL's ``torchrl.weight_update``:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from weightsync.endpoints import WeightReceiver, WeightSender
@@ -224,6 +225,12 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
     def receive(self, timeout: float | None = None) -> bool:
         """Worker: apply new weights if any arrive within ``timeout`` s; True when applied."""
         return self.get_receiver().receive(0.001 if timeout is None else timeout)
+
+    def reading(self) -> AbstractContextManager:
+        """Worker: ``with scheme.reading():`` keeps updates out of the model while the block
+        uses it from a thread other than the one calling receive() (see
+        :meth:`WeightReceiver.reading`)."""
+        return self.get_receiver().reading()
 
     @property
     def closed(self) -> bool:

@@ -25,7 +25,8 @@ class SharedMemWeightSyncScheme(WeightSyncScheme, backend="shared-mem"):
         num_buffers: snapshot buffers per model (default ``num_workers + 2``: never waits).
         **kwargs: ``timeout``, ``reject_non_finite``, ``bind_source`` (see WeightSyncScheme).
 
-    Worker parameters are views of a published snapshot: a worker must treat them as read-only.
+    Worker parameters are views of a published snapshot, mapped read-only in the worker: an
+    in-place write into them stops the worker (SIGSEGV) rather than reach the other workers.
     """
 
     def __init__(

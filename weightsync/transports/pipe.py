@@ -32,6 +32,7 @@ import torch.multiprocessing  # noqa: F401  (registers the tensor reductions use
 
 from weightsync.errors import (
     PeerDiedError,
+    SchemeMismatchError,
     SyncTimeoutError,
     WeightSyncError,
     WorkerRejectedError,
@@ -493,11 +494,13 @@ class PipeReader:
         model_id, payload = got
         version = self.link.last_received[1]
         if not isinstance(payload, _Staged):
-            self.link.send_error(
-                f"expected a staged update, got a {type(payload).__name__}; are both ends using "
-                "the pipe scheme?"
+            problem = (
+                f"this worker uses the pipe scheme, but the trainer sent a "
+                f"{type(payload).__name__} instead of a staged update: it uses another scheme. "
+                "Build both ends from the same scheme (the same sync= backend)."
             )
-            return None
+            self.link.send_error(problem)
+            raise SchemeMismatchError(problem)
         if payload.buffer is not None:
             self.stagings[payload.slot] = payload.buffer
         return Update(model_id, version, self.stagings[payload.slot], zero_copy=False)

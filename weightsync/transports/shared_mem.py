@@ -7,6 +7,7 @@ which may overlap the trainer's next forward/backward), then publishes it with o
 of ``(version, buffer index)``. A worker adopts the newest snapshot by pointing its parameters at
 it (no copy at all) and records in its own control slot which snapshot it holds, so the trainer
 never writes into a buffer in use: a worker sees version N complete or keeps N-1, never a mix.
+A worker maps the snapshots read-only, so it cannot change what the other workers read.
 
 The buffers' handles cross the worker's pipe once, at registration. Memory is shared with torch's
 file-descriptor strategy, which leaves no named ``/dev/shm`` entry behind even after ``kill -9``.
@@ -15,23 +16,31 @@ file-descriptor strategy, which leaves no named ``/dev/shm`` entry behind even a
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import faulthandler
+import mmap
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import torch
 
 from weightsync.errors import (
     PeerDiedError,
+    SchemeMismatchError,
+    SharedMemoryError,
     SyncTimeoutError,
     WeightMismatchError,
+    WeightSyncError,
     WorkerRejectedError,
 )
 from weightsync.flat import FlatBuffer, FlatLayout, copy_bytes
+from weightsync.shm import check_room
 from weightsync.transports.base import Update
-from weightsync.transports.pipe import MPTransport
+from weightsync.transports.pipe import ERROR, WEIGHTS, MPTransport
 from weightsync.weights import FlatWeights, flatten_weights
 
 _INDEX_BITS = 6  # up to 64 buffers per ring
@@ -43,12 +52,35 @@ def _word(version: int, index: int) -> int:
     return (version << _INDEX_BITS) | index
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_PROT_READ = 1
+_created_here: set[int] = set()  # addresses of the snapshot buffers this process created
+
+
+def _make_read_only(buffer: FlatBuffer) -> None:
+    """Map a snapshot read-only in this (worker) process, so that a worker writing into the
+    parameters it adopted (``p.add_()``, an optimizer step) cannot change what the other workers
+    read: the write stops the worker with SIGSEGV (faulthandler prints where) instead of
+    silently reaching every worker. Skipped for the trainer's own buffers (a worker in the
+    trainer's process shares its mapping) and where the platform offers no ``mprotect``."""
+    address, nbytes = buffer.data.data_ptr(), buffer.data.numel()
+    if _LIBC is None or address in _created_here or address % mmap.PAGESIZE or not nbytes:
+        return
+    _LIBC.mprotect(ctypes.c_void_p(address), ctypes.c_size_t(nbytes), _PROT_READ)
+    with contextlib.suppress(Exception):  # no usable stderr: the worker still stops
+        faulthandler.enable()
+
+
 class SnapshotRing:
     """A model's shared snapshot buffers and their publication state.
 
-    ``control[0]`` holds the published ``(version, index)`` word; ``control[1 + r]`` the word of
-    the snapshot reader ``r`` currently holds (a hazard pointer). Both are single aligned int64
-    stores, so readers never see them half-written.
+    ``control[0]`` holds the published ``(version, index)`` word. Each reader ``r`` has two hazard
+    slots: ``control[1 + r]``, the snapshot it holds (its model may point into it), and
+    ``control[1 + num_readers + r]``, the snapshot it is taking (validating, adopting). A reader
+    fills the second slot before it looks at a new snapshot and moves it to the first only once
+    adopted, so the snapshot it holds is never released while it decides: a refused update
+    leaves both the held buffer and the held word untouched. Every slot is a single aligned
+    int64 store, so no one ever sees one half-written.
     """
 
     def __init__(self, buffers: list[FlatBuffer], control: torch.Tensor):
@@ -57,13 +89,22 @@ class SnapshotRing:
         self._fence = threading.Lock()
 
     @classmethod
-    def create(cls, weights: FlatWeights, *, num_readers: int, num_buffers: int) -> SnapshotRing:
+    def create(
+        cls, weights: FlatWeights, *, num_readers: int, num_buffers: int, model_id: str = ""
+    ) -> SnapshotRing:
+        """The buffers of ``model_id``, or SharedMemoryError (nothing created) when they cannot
+        all fit in ``/dev/shm``."""
         if not 2 <= num_buffers <= _INDEX_MASK + 1:
             raise ValueError(f"num_buffers must be in [2, {_INDEX_MASK + 1}], got {num_buffers}")
         layout = FlatLayout.for_weights(weights)
+        check_room(
+            num_buffers * layout.total_bytes,
+            f"model {model_id!r} with {num_buffers} snapshot buffers of {layout.total_bytes} bytes",
+        )
         extra_keys = list(weights.extra)
         buffers = [FlatBuffer(layout, extra_keys=extra_keys) for _ in range(num_buffers)]
-        control = torch.full((1 + num_readers,), _NONE, dtype=torch.int64).share_memory_()
+        _created_here.update(buffer.data.data_ptr() for buffer in buffers)
+        control = torch.full((1 + 2 * num_readers,), _NONE, dtype=torch.int64).share_memory_()
         return cls(buffers, control)
 
     def __reduce__(self):
@@ -71,7 +112,7 @@ class SnapshotRing:
 
     @property
     def num_readers(self) -> int:
-        return self.control.numel() - 1
+        return (self.control.numel() - 1) // 2
 
     @property
     def published_version(self) -> int:
@@ -80,11 +121,12 @@ class SnapshotRing:
 
     def reader_versions(self) -> list[int | None]:
         """The version each reader holds (None: has adopted none yet)."""
-        return [None if w == _NONE else w >> _INDEX_BITS for w in self.control[1:].tolist()]
+        held = self.control[1 : 1 + self.num_readers].tolist()
+        return [None if w == _NONE else w >> _INDEX_BITS for w in held]
 
     # ------------------------------------------------------------------------------ trainer side
     def free_index(self, *, exclude: int | None = None) -> int | None:
-        """A buffer that is neither published nor held by any reader, or None."""
+        """A buffer that is neither published nor held nor being taken by any reader, or None."""
         words = self.control.tolist()
         busy = {w & _INDEX_MASK for w in words if w != _NONE}
         if exclude is not None:
@@ -95,19 +137,21 @@ class SnapshotRing:
         self.control[0] = _word(version, index)
 
     def release_reader(self, reader: int) -> None:
-        """Forget what a dead reader held, so its buffer can be reused."""
+        """Forget what a reader held or was taking (it is dead or gone), so its buffers can be
+        reused."""
+        self.control[1 + self.num_readers + reader] = _NONE
         self.control[1 + reader] = _NONE
 
     # ------------------------------------------------------------------------------- worker side
     def acquire(self, reader: int, newer_than: int) -> tuple[int, int] | None:
-        """Hold the published snapshot if it is newer than ``newer_than``: ``(version, index)``.
+        """Take the published snapshot if it is newer than ``newer_than``: ``(version, index)``.
 
-        Hazard-pointer protocol: record the word in our slot, then re-read the published word. If
-        it is unchanged, the trainer (which picks buffers only after publishing) will see our slot
-        before it reuses that buffer.
+        Hazard-pointer protocol: record the word in our taking slot, then re-read the published
+        word. If it is unchanged, the trainer (which picks buffers only after publishing) will see
+        our slot before it reuses that buffer. The held slot is not touched: what the reader holds
+        stays protected until :meth:`adopt` (or forever, if the update is refused).
         """
-        slot = 1 + reader
-        previous = int(self.control[slot])
+        slot = 1 + self.num_readers + reader
         for _ in range(1000):
             word = int(self.control[0])
             if word == _NONE or word >> _INDEX_BITS <= newer_than:
@@ -117,12 +161,27 @@ class SnapshotRing:
                 pass
             if int(self.control[0]) == word:
                 return word >> _INDEX_BITS, word & _INDEX_MASK
-        self.control[slot] = previous
+        self.control[slot] = _NONE
         return None
 
-    def hold(self, reader: int, version: int, index: int) -> None:
-        """Record (or restore) the snapshot this reader holds."""
-        self.control[1 + reader] = _word(version, index) if version >= 0 else _NONE
+    def adopt(self, reader: int) -> None:
+        """The snapshot being taken is now held (the reader's model points into it); the one
+        held before is released. The new word is stored before the taking slot is cleared, so
+        the new snapshot is protected throughout."""
+        taking = 1 + self.num_readers + reader
+        self.control[1 + reader] = int(self.control[taking])
+        self.control[taking] = _NONE
+
+    def drop(self, reader: int) -> None:
+        """Give up the snapshot being taken (refused); what the reader holds stays held."""
+        self.control[1 + self.num_readers + reader] = _NONE
+
+
+class _SetupFailed:
+    """What a worker receives instead of a ring when the trainer could not create it."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 class _Registration:
@@ -161,12 +220,13 @@ class SharedMemTransport:
         self.timeout = timeout
         self.links: list[MPTransport] = []
         self.rings: dict[str, SnapshotRing] = {}
-        self._registered: dict[str, set[int]] = {}
+        self._registered: dict[str, set[int]] = {}  # per model: workers that adopted its ring
+        self._offered: dict[str, set[int]] = {}  # per model: handed its ring, no answer read yet
         self._initial = dict(policy_weights or {})
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
         self._fitting_source: dict[str, FlatBuffer] = {}  # per model: a source checked to fit
-        self._refused: WorkerRejectedError | None = None  # raised once the snapshot is published
+        self._failure: WeightSyncError | None = None  # raised once the snapshot is published
         self.removed: set[int] = set()
 
     def remove_workers(self, worker_ids: list[int]) -> None:
@@ -186,21 +246,35 @@ class SharedMemTransport:
 
     def register_weights(self, model_id: str, weights: Any, *, version: int = 0) -> None:
         """Create ``model_id``'s shared buffers, publish ``weights`` as ``version`` and hand the
-        buffers to every registered worker (blocking until each has validated and adopted them).
-        """
+        buffers to every registered worker (blocking until each has validated and adopted them,
+        up to ``timeout``; a worker that did not answer in time is waited for again by the next
+        send)."""
+        self._create_ring(model_id, weights, version)
+        failure = self._hand_out(model_id, version)
+        if failure is not None:
+            raise failure
+
+    def _create_ring(self, model_id: str, weights: Any, version: int) -> None:
         if model_id in self.rings:
             raise RuntimeError(f"model {model_id!r} is already registered with this transport")
         flat = flatten_weights(weights)
-        ring = SnapshotRing.create(
-            flat,
-            num_readers=len(self.links),
-            num_buffers=len(self.links) + 2 if self.num_buffers is None else self.num_buffers,
-        )
+        try:
+            ring = SnapshotRing.create(
+                flat,
+                num_readers=len(self.links),
+                num_buffers=len(self.links) + 2 if self.num_buffers is None else self.num_buffers,
+                model_id=model_id,
+            )
+        except SharedMemoryError as err:  # tell the workers now, or they wait out their timeout
+            for link in self._live_links():
+                with contextlib.suppress(OSError, EOFError):
+                    link.pipe.send((WEIGHTS, model_id, 0, _SetupFailed(str(err))))
+            raise
         ring.buffers[0].write(flat)
         ring.publish(0, version)
         self.rings[model_id] = ring
         self._registered[model_id] = set()
-        self._hand_out(model_id)
+        self._offered[model_id] = set()
 
     @property
     def acked_versions(self) -> dict[int, int | None]:
@@ -249,7 +323,6 @@ class SharedMemTransport:
                 f"select a subset (got {worker_ids}). Use the pipe scheme to update chosen workers."
             )
         self._raise_for_dead_workers(model_id, version)
-        refused: dict[int, str] = {}  # workers whose model does not fit: the others still update
         if model_id not in self.rings:
             weights_0 = self._initial.pop(model_id, None)
             if not self.auto_register and weights_0 is None:
@@ -257,18 +330,13 @@ class SharedMemTransport:
                     f"model {model_id!r} is not registered; call register_weights() first or "
                     "build the transport with auto_register=True"
                 )
-            try:
-                if weights_0 is None:  # registered with the weights of this send: its version
-                    self.register_weights(model_id, weights, version=version)
-                else:
-                    self.register_weights(model_id, weights_0)
-            except WorkerRejectedError as err:
-                refused.update(err.rejections)
-        if not refused:  # a worker that just refused the buffers is not asked again at once
-            try:
-                self._hand_out(model_id)
-            except WorkerRejectedError as err:
-                refused.update(err.rejections)
+            if weights_0 is None:  # registered with the weights of this send: its version
+                self._create_ring(model_id, weights, version)
+            else:
+                self._create_ring(model_id, weights_0, 0)
+        # Workers that refused the buffers, or did not answer in time, are named once the
+        # snapshot is published: the others still update.
+        failure = self._hand_out(model_id, version)
         ring = self.rings[model_id]
         if source is not None and not self._fits_ring(model_id, ring, source, weights):
             source = None  # not laid out like the snapshots: copy tensor by tensor
@@ -285,7 +353,12 @@ class SharedMemTransport:
         self._pending = self._executor.submit(
             self._write_and_publish, ring, index, version, weights, source
         )
-        self._refused = WorkerRejectedError(model_id, version, refused) if refused else None
+        refused_version, refused = self._take_refusals(model_id)  # of versions published before
+        if isinstance(failure, WorkerRejectedError):  # the buffers, now: one error for both
+            failure = WorkerRejectedError(model_id, version, refused | failure.rejections)
+        elif failure is None and refused:
+            failure = WorkerRejectedError(model_id, refused_version, refused)
+        self._failure = failure
 
     def finish(self, timeout: float | None = None) -> None:
         """Block until the snapshot started by :meth:`start` is published."""
@@ -299,9 +372,9 @@ class SharedMemTransport:
             raise SyncTimeoutError(
                 f"writing a shared-memory snapshot did not finish within {timeout:g} s"
             ) from err
-        refused, self._refused = self._refused, None
-        if refused is not None:
-            raise refused
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
     @staticmethod
     def _write_and_publish(
@@ -346,30 +419,72 @@ class SharedMemTransport:
             time.sleep(0.0005)
         return index
 
-    def _hand_out(self, model_id: str) -> None:
-        """Send the model's ring to every worker that lacks it; wait for them to adopt it."""
+    def _hand_out(self, model_id: str, version: int) -> WeightSyncError | None:
+        """Hand the model's ring to every live worker that lacks it (once: a worker that has not
+        answered yet is not sent it again) and wait, up to ``timeout`` in all, for the answers of
+        every worker handed it and not yet heard from. Returns the error naming those that did
+        not answer in time (SyncTimeoutError) or refused it (WorkerRejectedError), if any; they
+        are waited for, or handed the ring again, by the next send."""
         ring = self.rings[model_id]
-        registered = self._registered[model_id]
-        newcomers = [link for link in self._live_links() if link.worker_id not in registered]
-        if not newcomers:
-            return
-        if any(link.worker_id >= ring.num_readers for link in newcomers):
+        registered, offered = self._registered[model_id], self._offered[model_id]
+        live = {link.worker_id: link for link in self._live_links()}
+        offered &= live.keys()
+        newcomers = [w for w in live if w not in registered and w not in offered]
+        if any(w >= ring.num_readers for w in newcomers):
             raise RuntimeError(
                 f"a worker pipe was registered after model {model_id!r}'s shared buffers were "
                 "created; register every pipe before the first send"
             )
-        version = max(ring.published_version, 0)
-        for link in newcomers:
-            link.send_weights_async(model_id, _Registration(ring, link.worker_id), version)
-        rejections = {}
-        for link in newcomers:
-            try:
-                link.wait_ack()
-                registered.add(link.worker_id)
-            except WorkerRejectedError as err:
-                rejections.update(err.rejections)
+        published = max(ring.published_version, 0)
+        for w in newcomers:
+            with contextlib.suppress(OSError, EOFError):  # gone: the next liveness check says so
+                live[w].pipe.send((WEIGHTS, model_id, published, _Registration(ring, w)))
+                offered.add(w)
+        rejections: dict[int, str] = {}
+        deadline = time.monotonic() + self.timeout
+        while offered and (remaining := deadline - time.monotonic()) > 0:
+            for pipe in wait([live[w].pipe for w in offered], remaining):
+                w = next(w for w in offered if live[w].pipe is pipe)
+                try:
+                    kind, got_model, _, payload = pipe.recv()
+                except (EOFError, OSError):  # died: the next send's liveness check names it
+                    offered.discard(w)
+                    continue
+                if got_model != model_id:
+                    continue
+                offered.discard(w)
+                if kind == ERROR:
+                    rejections[w] = payload
+                else:
+                    registered.add(w)
+        if offered:
+            return SyncTimeoutError(
+                f"worker(s) {sorted(offered)} did not take the shared buffers of model "
+                f"{model_id!r} within {self.timeout:g} s; they may be slow to start (raise the "
+                "timeout) or stuck. The other workers were updated; the next send waits for "
+                "these again.",
+                workers=sorted(offered),
+            )
         if rejections:
-            raise WorkerRejectedError(model_id, version, rejections)
+            return WorkerRejectedError(model_id, version, rejections)
+        return None
+
+    def _take_refusals(self, model_id: str) -> tuple[int, dict[int, str]]:
+        """The refusals registered workers sent over their pipes since the last send (a worker
+        tells each version it refuses once): the newest version refused, and each worker's
+        reason. Nothing blocks; a worker found gone is left to the next liveness check."""
+        newest, refusals = _NONE, {}
+        registered = self._registered.get(model_id, set())
+        for link in self._live_links():
+            if link.worker_id not in registered:
+                continue
+            with contextlib.suppress(EOFError, OSError):
+                while link.pipe.poll(0):
+                    kind, got_model, version, reason = link.pipe.recv()
+                    if kind == ERROR and got_model == model_id:
+                        newest = max(newest, version)
+                        refusals[link.worker_id] = f"(version {version}) {reason}"
+        return newest, refusals
 
     def _raise_for_dead_workers(self, model_id: str, version: int) -> None:
         dead = [link.worker_id for link in self._live_links() if not link.check_connection()]
@@ -418,6 +533,7 @@ class SharedMemReader:
         self.reader = 0
         self.model_id = ""
         self.held: tuple[int, int] = (_NONE, 0)  # (version, index) adopted by the receiver
+        self._refused = _NONE  # the newest version refused: not taken (nor refused) again
         self._pending_registration = False
         self._next_liveness_check = 0.0
 
@@ -443,7 +559,7 @@ class SharedMemReader:
                 self.link.receive_weights(0)  # CLOSE sets closed; EOF raises PeerDiedError
                 if self.closed:
                     return None
-        acquired = self.ring.acquire(self.reader, newer_than=self.held[0])
+        acquired = self.ring.acquire(self.reader, newer_than=max(self.held[0], self._refused))
         if acquired is None:
             return None
         version, index = acquired
@@ -454,12 +570,21 @@ class SharedMemReader:
         if got is None:
             return None
         model_id, registration = got
-        if not isinstance(registration, _Registration):
-            raise PeerDiedError(
-                f"expected the shared buffers of a model from the trainer, got a "
-                f"{type(registration).__name__}; are both ends using the shared-mem scheme?"
+        if isinstance(registration, _SetupFailed):
+            raise SharedMemoryError(
+                f"the trainer could not share model {model_id!r}: {registration.reason}"
             )
+        if not isinstance(registration, _Registration):
+            problem = (
+                f"this worker uses the shared-mem scheme, but the trainer sent a "
+                f"{type(registration).__name__} instead of shared buffers: it uses another "
+                "scheme. Build both ends from the same scheme (the same sync= backend)."
+            )
+            self.link.send_error(problem)
+            raise SchemeMismatchError(problem)
         self.ring, self.reader, self.model_id = registration.ring, registration.reader, model_id
+        for buffer in self.ring.buffers:
+            _make_read_only(buffer)
         self._pending_registration = True
         acquired = self.ring.acquire(self.reader, newer_than=_NONE)
         if acquired is None:  # nothing published yet cannot happen: registration publishes
@@ -468,19 +593,25 @@ class SharedMemReader:
         return Update(model_id, version, self.ring.buffers[index], zero_copy=True)
 
     def acknowledge(self, update: Update) -> None:
+        self.ring.adopt(self.reader)
         self.held = (update.version, self.ring.buffers.index(update.buffer))
         if self._pending_registration:
             self._pending_registration = False
             self.link.send_ack()
 
     def reject(self, update: Update, reason: str) -> None:
-        self.ring.hold(self.reader, *self.held)
-        if self._pending_registration:
+        """Keep the snapshot held (the model may point into it), and tell the trainer once: the
+        refused version is not taken again, its refusal reaches the trainer's next send."""
+        self.ring.drop(self.reader)
+        self._refused = max(self._refused, update.version)
+        if self._pending_registration:  # the answer is about the registration message
             self._pending_registration = False
             self.ring = None
-            self.link.send_error(reason)
+        else:
+            self.link.last_received = (update.model_id, update.version)
+        self.link.send_error(reason)
 
     def close(self) -> None:
         if self.ring is not None:
-            self.ring.hold(self.reader, _NONE, 0)
+            self.ring.release_reader(self.reader)
         self.link.pipe.close()
