@@ -210,11 +210,11 @@ class MPTransport:
     # ------------------------------------------------------------------------------------ both
     def check_connection(self) -> bool:
         """True while the peer's end is open; end of file on the pipe means it is gone."""
-        if self.closed:
+        if self.closed or self._peer_exited():  # a watched worker's exit, whatever is unread
             return False
         try:
             if not self.pipe.poll(0):
-                return not self._peer_exited()  # nothing to read: quiet, or gone
+                return True  # nothing to read: open and quiet
             return not self._peer_closed()
         except (OSError, EOFError):
             return False
@@ -265,6 +265,18 @@ class MPTransport:
                 f"version {version} of model {model_id!r}",
                 workers=self._as_workers(),
             ) from err
+
+    def take_message(self) -> tuple[str, str, int, Any] | None:
+        """The peer's next message if one has already arrived, else None; a worker's
+        introduction is taken in passing (its process is watched from then on). Raises
+        EOFError or OSError when the pipe is closed, like ``Connection.recv``."""
+        while self.pipe.poll(0):
+            message = self.pipe.recv()
+            if message[0] != HELLO:
+                return message
+            if self.worker_id is not None:
+                self._watch(message[3])
+        return None
 
     def _next_message(self, timeout: float, doing: str) -> tuple[str, str, int, Any] | None:
         """The peer's next message within ``timeout`` s (None if none came); a peer's

@@ -446,10 +446,13 @@ class SharedMemTransport:
             for pipe in wait([live[w].pipe for w in offered], remaining):
                 w = next(w for w in offered if live[w].pipe is pipe)
                 try:
-                    kind, got_model, _, payload = pipe.recv()
+                    message = live[w].take_message()
                 except (EOFError, OSError):  # died: the next send's liveness check names it
                     offered.discard(w)
                     continue
+                if message is None:  # only its introduction (see MPTransport): watched now
+                    continue
+                kind, got_model, _, payload = message
                 if got_model != model_id:
                     continue
                 offered.discard(w)
@@ -479,8 +482,8 @@ class SharedMemTransport:
             if link.worker_id not in registered:
                 continue
             with contextlib.suppress(EOFError, OSError):
-                while link.pipe.poll(0):
-                    kind, got_model, version, reason = link.pipe.recv()
+                while (message := link.take_message()) is not None:
+                    kind, got_model, version, reason = message
                     if kind == ERROR and got_model == model_id:
                         newest = max(newest, version)
                         refusals[link.worker_id] = f"(version {version}) {reason}"
