@@ -11,8 +11,12 @@ path flows one way: endpoint, transport, flat buffer, weights.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import time
 import warnings
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from torch import nn
@@ -64,6 +68,10 @@ class WeightSender(LegacySenderAPI):
         reject_non_finite: refuse weights holding NaN or inf.
         bind_source: keep the model's tensors in the transport's source buffer (same
             ``nn.Parameter`` objects, new storage) so a send copies one block, or nothing.
+        adoption_timeout: when set, ``wait_async`` also waits until every live worker holds the
+            version (``acked_versions``), up to this many seconds (or the wait's ``timeout``):
+            for transports that return once it is published (shared-mem), what TorchRL's
+            ``sync=True`` and its collectors' ``update_policy_weights_`` promise.
 
     A scheme builds its sender; ``WeightSender(scheme)`` (TorchRL's legacy form) asks the scheme
     for these arguments.
@@ -79,6 +87,7 @@ class WeightSender(LegacySenderAPI):
         strategy: WeightStrategy | None = None,
         reject_non_finite: bool = False,
         bind_source: bool = True,
+        adoption_timeout: float | None = None,
     ):
         if hasattr(model_id, "endpoint_options"):  # the legacy form: WeightSender(scheme)
             self.__init__(**model_id.endpoint_options("sender"))
@@ -92,8 +101,10 @@ class WeightSender(LegacySenderAPI):
         self.strategy = strategy or WeightStrategy("state_dict")
         self.reject_non_finite = reject_non_finite
         self.bind_source = bind_source
+        self.adoption_timeout = adoption_timeout
         self.version = 0
         self._pending: int | None = None
+        self._targets: list[int] | None = None  # the workers of the pending send (None: all)
         self._bound: BoundModule | None = None  # the model's tensors, and their source buffer
         self._warned_staging = False
 
@@ -133,6 +144,7 @@ class WeightSender(LegacySenderAPI):
         self.transport.start(self.model_id, self.version + 1, flat, worker_ids, source=source)
         self.version += 1
         self._pending = self.version
+        self._targets = worker_ids
 
     def wait_async(self, timeout: float | None = None) -> None:
         """Block until the pending send is delivered; RuntimeError if none is pending."""
@@ -140,16 +152,43 @@ class WeightSender(LegacySenderAPI):
             raise RuntimeError(
                 f"wait_async() called for model {self.model_id!r} with no send pending"
             )
-        self._pending = None
+        version, self._pending = self._pending, None
         try:
             self.transport.finish(timeout)
         finally:
             self._leave_retired_source()
+        targets, self._targets = self._targets, None
+        if self.adoption_timeout is not None:
+            wait = self.adoption_timeout if timeout is None else timeout
+            self._await_adoption(version, targets, wait)
 
-    def connect(self, timeout: float | None = None) -> None:
-        """Send the initial weights to every worker and wait until each has them."""
-        self.send_async()
+    def connect(self, timeout: float | None = None, weights: Any = None) -> None:
+        """Send the initial weights (default: the model's) to every worker and wait until each
+        has them."""
+        self.send_async(weights)
         self.wait_async(timeout)
+
+    def _await_adoption(self, version: int, targets: list[int] | None, timeout: float) -> None:
+        """Wait until every target (None: every live worker) holds ``version`` or newer;
+        SyncTimeoutError naming the others after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lagging = [
+                w
+                for w, v in self.transport.acked_versions.items()
+                if (targets is None or w in targets) and (v is None or v < version)
+            ]
+            if not lagging:
+                return
+            if time.monotonic() > deadline:
+                raise SyncTimeoutError(
+                    f"worker(s) {lagging} did not adopt version {version} of model "
+                    f"{self.model_id!r} within {timeout:g} s; they may be stuck (e.g. in a long "
+                    "rollout: raise the timeout) or dead, or build the scheme with sync=False to "
+                    "return once the version is published",
+                    workers=lagging,
+                )
+            time.sleep(0.0005)
 
     def remove_workers(self, worker_ids: list[int]) -> None:
         """Go on without these workers (e.g. the ``workers`` of a PeerDiedError)."""
@@ -222,6 +261,14 @@ class WeightReceiver:
         transport: this worker's side of the transport.
         model: the worker's copy of the model (an ``nn.Module``, TensorDict or state_dict).
         strategy: the weight format (for :meth:`apply_weights`).
+        materialize_meta: give a module whose tensors are on the ``meta`` device (no storage:
+            TorchRL's collectors send workers such a policy) CPU storage before the first update
+            is written; otherwise such an update is refused, saying so.
+        apply_lock: held while an update is applied (TorchRL's collectors: their rollouts hold
+            it too, so a rollout never sees two versions); waiting for news happens outside it.
+        on_applied: called (under ``apply_lock``) after each update is applied and acknowledged.
+        legacy_link: the message-level transport of TorchRL's legacy ``create_transport``: weights
+            taken from its ``receive_weights`` are acknowledged on it by :meth:`apply_weights`.
 
     A scheme builds its receiver; ``WeightReceiver(scheme)`` (TorchRL's legacy form) asks the
     scheme for these arguments.
@@ -234,6 +281,10 @@ class WeightReceiver:
         *,
         model: Any = None,
         strategy: WeightStrategy | None = None,
+        materialize_meta: bool = False,
+        apply_lock: threading.RLock | None = None,
+        on_applied: Callable[[], None] | None = None,
+        legacy_link: Any = None,
     ):
         if hasattr(model_id, "endpoint_options"):  # the legacy form: WeightReceiver(scheme)
             self.__init__(**model_id.endpoint_options("receiver"))
@@ -244,6 +295,10 @@ class WeightReceiver:
         self.transport = transport
         self.model = model
         self.strategy = strategy or WeightStrategy("state_dict")
+        self.materialize_meta = materialize_meta
+        self.apply_lock = apply_lock
+        self.on_applied = on_applied
+        self.legacy_link = legacy_link
         self.version = 0
         self._applied_any = False
         self.refused: list[str] | None = None  # the problems of the last update refused, if any
@@ -254,6 +309,7 @@ class WeightReceiver:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.update(transport=None, model=None, _validated=None, _bound=None, _own=None)
+        state.update(apply_lock=None, on_applied=None, legacy_link=None)
         return state
 
     @property
@@ -266,6 +322,11 @@ class WeightReceiver:
         update = self.transport.poll(timeout)
         if update is None:
             return False
+        with self.apply_lock or contextlib.nullcontext():
+            return self._take(update)
+
+    def _take(self, update: Update) -> bool:
+        """Apply ``update`` unless it is not newer or does not fit; answer the trainer."""
         if self._applied_any and update.version <= self.version:
             self.transport.acknowledge(update)  # not newer than what we hold: never go back
             return False
@@ -280,6 +341,8 @@ class WeightReceiver:
         self._applied_any = True
         self.refused = None
         self.transport.acknowledge(update)
+        if self.on_applied is not None:
+            self.on_applied()
         return True
 
     def connect(self, timeout: float) -> None:
@@ -296,13 +359,17 @@ class WeightReceiver:
             )
 
     def apply_weights(self, weights: Any) -> None:
-        """Apply ``weights`` (any format) to the model, validated first."""
+        """Apply ``weights`` (any format) to the model, validated first. In a worker written to
+        the legacy API (weights taken from ``receive_weights`` of the scheme's
+        ``create_transport``), also acknowledge them, so the trainer's ``send_weights`` returns."""
         self.strategy.apply_weights(self.model, weights, model_id=self.model_id)
+        if self.legacy_link is not None:
+            self.legacy_link.acknowledge_pending()
 
     def _apply_update(self, update: Update) -> None:
         model = self.model
         if not isinstance(model, nn.Module):
-            self.apply_weights(update.buffer.read())
+            self.strategy.apply_weights(model, update.buffer.read(), model_id=self.model_id)
             return
         if self._bound is None or self._bound.module is not model:
             self._bound = BoundModule(model)
@@ -311,6 +378,8 @@ class WeightReceiver:
         # Checked again whenever the incoming layout or the model's structure changes.
         shape = (update.buffer.layout, update.buffer.extra_keys, bound.structure_stamp)
         if shape != self._validated:
+            if any(t.is_meta for t in live.tensors.values()):
+                bound, live = self._materialize(model, live)
             incoming = update.buffer.layout.as_meta_weights(update.buffer.extra_keys)
             problems = weight_mismatches(live, incoming)
             if problems:
@@ -325,6 +394,24 @@ class WeightReceiver:
         elif not self._copy_in_one_block(bound, update.buffer):
             copy_weights(live, update.buffer.read())
         set_extra_states(model, update.buffer.read_extra())
+
+    def _materialize(self, model: nn.Module, live: FlatWeights) -> tuple[BoundModule, FlatWeights]:
+        """Give a model on the ``meta`` device CPU storage to receive into, when allowed
+        (``materialize_meta``); refuse otherwise, so an update is never "applied" to tensors that
+        hold no data."""
+        meta = [key for key, t in live.tensors.items() if t.is_meta]
+        if not self.materialize_meta:
+            raise WeightMismatchError(
+                self.model_id,
+                [
+                    f"the worker's model holds {len(meta)} tensor(s) on the meta device (no data "
+                    f"to write into), e.g. {meta[0]!r}; give it storage first "
+                    "(model.to_empty(device='cpu')) or build the scheme with materialize_meta=True"
+                ],
+            )
+        model.to_empty(device="cpu")
+        self._bound = BoundModule(model)
+        return self._bound, self._bound.weights(live=True)
 
     def _copy_in_one_block(self, bound: BoundModule, incoming: FlatBuffer) -> bool:
         """Copy ``incoming`` into the worker's private flat buffer: one memcpy for the model.

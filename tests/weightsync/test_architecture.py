@@ -36,7 +36,7 @@ LAYERS = [
     {"paths", "weights"},
     {"flat", "strategy"},
     {"binding", "sources", "group"},
-    {"legacy"},
+    {"legacy", "torchrl"},
     {"transports"},
     {"endpoints"},
     {"schemes"},

@@ -21,7 +21,9 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         port: the trainer's store port; 0 lets the trainer pick a free one when it initialises,
             so pickle the scheme to the workers *after* ``init_on_sender`` (it then carries the
             port), or choose a fixed port for workers started elsewhere.
-        strategy, timeout, reject_non_finite, bind_source: see WeightSyncScheme.
+        backend: the ``torch.distributed`` backend (TorchRL's argument); only ``"gloo"``, which
+            moves the CPU flat buffer.
+        strategy, timeout, reject_non_finite, bind_source, sync: see WeightSyncScheme.
 
     Workers call ``init_on_receiver(model_id, model=..., worker_id=i)`` with ``i`` in
     ``range(num_workers)``. A dead worker breaks the group (collectives need every rank): the
@@ -34,9 +36,17 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         host: str = "127.0.0.1",
         port: int = 0,
         strategy: str = "state_dict",
+        *,
+        backend: str = "gloo",
         **kwargs: Any,
     ):
         super().__init__(strategy, **kwargs)
+        if backend != "gloo":
+            raise ValueError(
+                f"DistributedWeightSyncScheme moves weights over gloo; backend={backend!r} is not "
+                "supported (use backend='gloo')"
+            )
+        self.distributed_backend = backend
         self.num_workers = num_workers
         self.host = host
         self.port = port
