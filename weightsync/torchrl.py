@@ -247,13 +247,16 @@ class TorchRLSchemeMixin:
             "on_applied": None if receiving is None else self._tell_context,
         }
 
-    def _torchrl_carry_initial_weights(self, context: Any) -> None:
+    def _torchrl_carry_initial_weights(self, model: Any, context: Any) -> None:
         """Under a collector, keep a copy of the model's weights in this scheme's pickled state:
         for a scheme that moves no weights (``none``) but whose workers get a policy without
-        any, they are the only weights the workers will have."""
-        if not self._collector_mode:
+        any, they are the only weights the workers will have. ``model``: the one given to
+        ``init_on_sender``, else the model id resolved on ``context``."""
+        if model is None and context is not None:
+            model = resolve_model(context, self.model_id)
+        if not self._collector_mode or model is None:
             return
-        weights = self.strategy.extract_weights(resolve_model(context, self.model_id))
+        weights = self.strategy.extract_weights(model)
         if isinstance(weights, dict):
             self._initial_weights = {
                 k: v.detach().clone() if isinstance(v, torch.Tensor) else v

@@ -253,3 +253,25 @@ def test_shared_mem_with_sync_returns_once_every_worker_holds_the_version():
         worker.stop()
         scheme.shutdown()
         trainer_end.close()
+
+
+def test_init_on_sender_takes_torchrl_params_map():
+    """``params_map={worker_idx: weights}`` gives the number of workers and the initial weights."""
+    trainer_end, worker_end = mp.Pipe()
+    source = nn.Linear(3, 2)
+    scheme = MultiProcessWeightSyncScheme(strategy="tensordict", timeout=5.0)
+    weights = WeightStrategy("tensordict").extract_weights(source)
+    scheme.init_on_sender(model_id="policy", params_map={0: weights}, pipes=[trainer_end])
+    worker = ThreadWorker(scheme, nn.Linear(3, 2), worker_end)
+    try:
+        scheme.connect()
+        assert worker.wait_for(1) == 1
+        assert torch.equal(worker.model.weight, source.weight)
+    finally:
+        worker.stop()
+        scheme.shutdown()
+        trainer_end.close()
+    with pytest.raises(ValueError, match="num_workers=2 but 1 pipes"):
+        MultiProcessWeightSyncScheme().init_on_sender(
+            model_id="policy", params_map={0: weights, 1: weights}, pipes=[trainer_end]
+        )

@@ -13,8 +13,8 @@ class NoWeightSyncScheme(WeightSyncScheme, backend="none"):
 
     ``create_transport`` returns a transport that moves nothing (as TorchRL's), the init calls
     accept and ignore their arguments (beyond remembering the model id), and a send moves no
-    bytes. Useful as the control arm of an
-    experiment: it shows what acting on stale weights costs.
+    bytes. Useful as the control arm of an experiment: it shows what acting on stale weights
+    costs.
 
     Example:
         >>> scheme = NoWeightSyncScheme()
@@ -29,7 +29,7 @@ class NoWeightSyncScheme(WeightSyncScheme, backend="none"):
         model's initial weights travel once, inside the pickled scheme."""
         kwargs = self._torchrl_sender_kwargs(model_id, context, kwargs)
         super().init_on_sender(model_id, pipes=kwargs.get("pipes"))
-        self._torchrl_carry_initial_weights(context)
+        self._torchrl_carry_initial_weights(kwargs.get("model"), context)
 
     def init_on_receiver(self, model_id: str, context: Any = None, **kwargs: Any) -> None:
         """Remember ``model_id``; ``context`` and ``kwargs`` are accepted and ignored, except
