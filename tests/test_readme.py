@@ -4,26 +4,20 @@ backend its comment names, and exits cleanly."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from tests.helpers.readme import README, python_block_after
+
 AS_WRITTEN = '"shared-mem"'
 
 
 def library_example() -> str:
-    """The first python block after the "Library example" heading."""
-    text = README.read_text()
-    section = text[text.index("## Library example") :]
-    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match, "README.md has no python block under '## Library example'"
-    return match.group(1)
+    return python_block_after("## Library example")
 
 
 def test_the_example_names_the_backends_and_the_loop_this_test_rewrites():

@@ -28,6 +28,7 @@ from weightsync.schemes import (
     WeightSyncScheme,
 )
 from weightsync.strategy import WeightStrategy
+from weightsync.torchrl import register_with_torchrl
 from weightsync.transports import MPTransport, SharedMemTransport, TransportBackend
 
 __all__ = [
@@ -53,5 +54,6 @@ __all__ = [
     "WeightSyncError",
     "WeightSyncScheme",
     "WorkerRejectedError",
+    "register_with_torchrl",
     "resolve_model_id",
 ]

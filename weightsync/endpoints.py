@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -70,6 +71,10 @@ class WeightSender(LegacySenderAPI):
         reject_non_finite: refuse weights holding NaN or inf.
         bind_source: keep the model's tensors in the transport's source buffer (same
             ``nn.Parameter`` objects, new storage) so a send copies one block, or nothing.
+        adoption_timeout: when set, ``wait_async`` also waits until every live worker holds the
+            version (``acked_versions``), up to this many seconds (or the wait's ``timeout``):
+            for transports that return once it is published (shared-mem), what TorchRL's
+            ``sync=True`` and its collectors' ``update_policy_weights_`` promise.
 
     A scheme builds its sender; ``WeightSender(scheme)`` (TorchRL's legacy form) asks the scheme
     for these arguments.
@@ -85,6 +90,7 @@ class WeightSender(LegacySenderAPI):
         strategy: WeightStrategy | None = None,
         reject_non_finite: bool = False,
         bind_source: bool = True,
+        adoption_timeout: float | None = None,
     ):
         if hasattr(model_id, "endpoint_options"):  # the legacy form: WeightSender(scheme)
             self.__init__(**model_id.endpoint_options("sender"))
@@ -98,8 +104,10 @@ class WeightSender(LegacySenderAPI):
         self.strategy = strategy or WeightStrategy("state_dict")
         self.reject_non_finite = reject_non_finite
         self.bind_source = bind_source
+        self.adoption_timeout = adoption_timeout
         self.version = 0
         self._pending: int | None = None
+        self._targets: list[int] | None = None  # the workers of the pending send (None: all)
         self._bound: BoundModule | None = None  # the model's tensors, and their source buffer
         self._warned_staging = False
 
@@ -141,6 +149,7 @@ class WeightSender(LegacySenderAPI):
         self.transport.start(self.model_id, self.version + 1, flat, worker_ids, source=source)
         self.version += 1
         self._pending = self.version
+        self._targets = worker_ids
 
     def wait_async(self, timeout: float | None = None) -> None:
         """Block until the pending send is delivered; RuntimeError if none is pending."""
@@ -150,18 +159,45 @@ class WeightSender(LegacySenderAPI):
             )
         if timeout is not None:
             check_timeout(timeout)
-        self._pending = None
+        version, self._pending = self._pending, None
         try:
             self.transport.finish(timeout)
         finally:
             self._leave_retired_source()
+        targets, self._targets = self._targets, None
+        if self.adoption_timeout is not None:
+            wait = self.adoption_timeout if timeout is None else timeout
+            self._await_adoption(version, targets, wait)
 
-    def connect(self, timeout: float | None = None) -> None:
-        """Send the initial weights to every worker and wait until each has them."""
+    def connect(self, timeout: float | None = None, weights: Any = None) -> None:
+        """Send the initial weights (default: the model's) to every worker and wait until each
+        has them."""
         if timeout is not None:
             check_timeout(timeout)  # before anything is sent
-        self.send_async()
+        self.send_async(weights)
         self.wait_async(timeout)
+
+    def _await_adoption(self, version: int, targets: list[int] | None, timeout: float) -> None:
+        """Wait until every target (None: every live worker) holds ``version`` or newer;
+        SyncTimeoutError naming the others after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lagging = [
+                w
+                for w, v in self.transport.acked_versions.items()
+                if (targets is None or w in targets) and (v is None or v < version)
+            ]
+            if not lagging:
+                return
+            if time.monotonic() > deadline:
+                raise SyncTimeoutError(
+                    f"worker(s) {lagging} did not adopt version {version} of model "
+                    f"{self.model_id!r} within {timeout:g} s; they may be stuck (e.g. in a long "
+                    "rollout: raise the timeout) or dead, or build the scheme with sync=False to "
+                    "return once the version is published",
+                    workers=lagging,
+                )
+            time.sleep(0.0005)
 
     def remove_workers(self, worker_ids: list[int]) -> None:
         """Go on without these workers (e.g. the ``workers`` of a PeerDiedError)."""
@@ -234,6 +270,15 @@ class WeightReceiver:
         transport: this worker's side of the transport.
         model: the worker's copy of the model (an ``nn.Module``, TensorDict or state_dict).
         strategy: the weight format (for :meth:`apply_weights`).
+        materialize_meta: give a module whose tensors are on the ``meta`` device (no storage:
+            TorchRL's collectors send workers such a policy) CPU storage before the first update
+            is written; otherwise such an update is refused, saying so.
+        apply_lock: the lock that keeps updates out of the model (see Threads below); pass one
+            to share it with other code that must see one version at a time (TorchRL's
+            collectors: their rollouts hold it). Default: a lock of the receiver's own.
+        on_applied: called (under that lock) after each update is applied and acknowledged.
+        legacy_link: the message-level transport of TorchRL's legacy ``create_transport``: weights
+            taken from its ``receive_weights`` are acknowledged on it by :meth:`apply_weights`.
 
     A scheme builds its receiver; ``WeightReceiver(scheme)`` (TorchRL's legacy form) asks the
     scheme for these arguments.
@@ -253,6 +298,10 @@ class WeightReceiver:
         *,
         model: Any = None,
         strategy: WeightStrategy | None = None,
+        materialize_meta: bool = False,
+        apply_lock: threading.RLock | None = None,
+        on_applied: Callable[[], None] | None = None,
+        legacy_link: Any = None,
     ):
         if hasattr(model_id, "endpoint_options"):  # the legacy form: WeightReceiver(scheme)
             self.__init__(**model_id.endpoint_options("receiver"))
@@ -263,6 +312,9 @@ class WeightReceiver:
         self.transport = transport
         self.model = model
         self.strategy = strategy or WeightStrategy("state_dict")
+        self.materialize_meta = materialize_meta
+        self.on_applied = on_applied
+        self.legacy_link = legacy_link
         self.version = 0
         self._applied_any = False
         self.refused: list[str] | None = None  # the problems of the last update refused, if any
@@ -270,7 +322,7 @@ class WeightReceiver:
         self._misfit: tuple | None = None  # the same, for the last update refused
         self._bound: BoundModule | None = None  # the model, and the buffer it lives in
         self._own: FlatBuffer | None = None  # this worker's private flat copy (copying transports)
-        self._in_use = threading.RLock()  # held by readers (reading()) and while applying
+        self._in_use = apply_lock or threading.RLock()  # held by readers and while applying
         self._deferred: Update | None = None  # arrived while the model was in use
 
     def __getstate__(self) -> dict[str, Any]:
@@ -278,6 +330,7 @@ class WeightReceiver:
         state.update(
             transport=None, model=None, _validated=None, _misfit=None, _bound=None, _own=None
         )
+        state.update(on_applied=None, legacy_link=None)
         del state["_in_use"], state["_deferred"]
         return state
 
@@ -330,6 +383,8 @@ class WeightReceiver:
         self._applied_any = True
         self.refused = None
         self.transport.acknowledge(update)
+        if self.on_applied is not None:
+            self.on_applied()
         return True
 
     def connect(self, timeout: float) -> None:
@@ -349,17 +404,22 @@ class WeightReceiver:
 
     def apply_weights(self, weights: Any) -> None:
         """Apply ``weights`` (any format) to the model, validated first. A model living in a
-        shared snapshot (read-only in a worker) is first moved into this worker's own memory."""
+        shared snapshot (read-only in a worker) is first moved into this worker's own memory. In
+        a worker written to the legacy API (weights taken from ``receive_weights`` of the
+        scheme's ``create_transport``), also acknowledge them, so the trainer's ``send_weights``
+        returns."""
         with self._in_use:  # as an update: never while a reader is inside reading()
             if self._bound is not None and self._bound.module is self.model:
                 self._bound.weights(live=True)
                 self._into_own(self._bound, self._bound.buffer)
             self.strategy.apply_weights(self.model, weights, model_id=self.model_id)
+        if self.legacy_link is not None:
+            self.legacy_link.acknowledge_pending()
 
     def _apply_update(self, update: Update) -> None:
         model = self.model
         if not isinstance(model, nn.Module):
-            self.apply_weights(update.buffer.read())
+            self.strategy.apply_weights(model, update.buffer.read(), model_id=self.model_id)
             return
         if self._bound is None or self._bound.module is not model:
             self._bound = BoundModule(model)
@@ -370,11 +430,16 @@ class WeightReceiver:
         if shape != self._validated:
             if shape == self._misfit and self.refused:  # refused as it is: not compared again
                 raise WeightMismatchError(self.model_id, self.refused)
+            if self.materialize_meta and meta_keys(live):  # TorchRL's workers get meta policies
+                model.to_empty(device="cpu")
+                bound = self._bound = BoundModule(model)
+                live = bound.weights(live=True)
             incoming = update.buffer.layout.as_meta_weights(update.buffer.extra_keys)
             problems = weight_mismatches(live, incoming)
             problems += [
                 f"{key!r}: this worker's tensor is on the meta device (no data to write into); "
-                "materialise the model, e.g. module.to_empty(device='cpu'), before connect()"
+                "materialise the model, e.g. module.to_empty(device='cpu'), before connect(), "
+                "or build the scheme with materialize_meta=True"
                 for key in meta_keys(live)
             ]
             if problems:

@@ -5,7 +5,9 @@
 ``shared/reference/API.md``. They live here as mixins of the real classes, each a thin alias of
 the real path: a scheme's ``init_on_worker``, ``create_transport``, ``create_sender``,
 ``create_receiver`` and ``prepare_weights``, and a sender's ``update_weights``. (A receiver's
-``apply_weights`` is its real apply path, so it lives on :class:`~weightsync.WeightReceiver`.)
+``apply_weights`` is its real apply path, so it lives on :class:`~weightsync.WeightReceiver`; it
+acknowledges weights a legacy worker took from ``create_transport``'s transport, which
+``create_transport`` hands it as its ``legacy_link``.)
 The transports' message-level calls (``MPTransport.send_weights`` and friends,
 ``SharedMemTransport.register_weights``) are TorchRL's transport classes themselves.
 """
@@ -43,8 +45,14 @@ class LegacySchemeAPI:
 
     def create_transport(self, pipe_or_context: Any) -> Any:
         """Legacy factory: the message-level transport this scheme uses over a pipe (or a
-        context's ``.pipe``)."""
-        return self._legacy_transport(getattr(pipe_or_context, "pipe", pipe_or_context))
+        context's ``.pipe``). The scheme's receiver acknowledges on it what a legacy worker
+        received from it and applied with ``apply_weights``."""
+        self._legacy_link = self._legacy_transport(
+            getattr(pipe_or_context, "pipe", pipe_or_context)
+        )
+        if self._receiver is not None:
+            self._receiver.legacy_link = self._legacy_link
+        return self._legacy_link
 
     def create_sender(self) -> Any:
         """Legacy factory: a sender for this scheme (after ``init_on_sender``)."""

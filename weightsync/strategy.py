@@ -80,6 +80,18 @@ class WeightStrategy:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(extract_as={self.extract_as!r})"
 
+    def __eq__(self, other: object) -> bool:
+        """Equal to a strategy of the same format, or to the format's name (TorchRL's configs
+        compare ``scheme.strategy`` with ``"tensordict"``)."""
+        if isinstance(other, WeightStrategy):
+            return other.extract_as == self.extract_as
+        if isinstance(other, str):
+            return other == self.extract_as
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.extract_as)
+
     def extract_weights(self, source: nn.Module | TensorDictBase | dict) -> Weights:
         """Return the weights of ``source`` in this strategy's format, sharing storage (no copy)."""
         if isinstance(source, nn.Module):
@@ -95,6 +107,7 @@ class WeightStrategy:
         self,
         destination: nn.Module | TensorDictBase | dict,
         weights: Weights | FlatWeights | None,
+        inplace: bool = True,
         *,
         model_id: str | None = None,
     ) -> None:
@@ -102,7 +115,9 @@ class WeightStrategy:
 
         The format of ``weights`` is read from its type. The whole update is validated first;
         on a mismatch WeightMismatchError lists every offending key and nothing is written.
-        A module keeps its parameter objects and its device.
+        A module keeps its parameter objects and its device. ``inplace=False`` (modules only, as
+        in TorchRL) points the module's parameters and buffers at the given tensors instead of
+        copying into them.
         """
         if weights is None:
             return
@@ -116,10 +131,19 @@ class WeightStrategy:
                 f"cannot apply weights to a {type(destination).__name__}; expected an nn.Module, "
                 "a TensorDict or a state_dict"
             )
+        if not inplace and not isinstance(destination, nn.Module):
+            raise ValueError(
+                f"inplace=False needs an nn.Module destination, got a {type(destination).__name__}"
+                "; apply in place (the default) to a TensorDict or a state_dict"
+            )
         problems = weight_mismatches(target, source)
         if problems:
             raise WeightMismatchError(model_id, problems)
-        copy_weights(target, source)
+        if inplace:
+            copy_weights(target, source)
+        else:
+            for key, tensor in target.tensors.items():
+                tensor.data = source.tensors[key]
         if isinstance(destination, nn.Module):
             set_extra_states(destination, source.extra)
         elif source.extra:

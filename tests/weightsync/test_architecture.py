@@ -36,7 +36,7 @@ LAYERS = [
     {"paths", "shm", "weights"},
     {"flat", "strategy"},
     {"binding", "sources", "group"},
-    {"legacy"},
+    {"legacy", "torchrl"},
     {"transports"},
     {"endpoints"},
     {"schemes"},

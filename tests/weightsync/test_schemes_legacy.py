@@ -20,6 +20,7 @@ from weightsync import (
     NoWeightSyncScheme,
     SharedMemTransport,
     SharedMemWeightSyncScheme,
+    TransportBackend,
     WeightReceiver,
     WeightSender,
     WeightStrategy,
@@ -47,9 +48,15 @@ class TestNoWeightSyncScheme:
         assert NoWeightSyncScheme().strategy.extract_as == "state_dict"
         assert NoWeightSyncScheme(strategy="tensordict").strategy.extract_as == "tensordict"
 
-    def test_create_transport_returns_none(self, pipe):
-        assert NoWeightSyncScheme().create_transport(pipe[0]) is None
-        assert NoWeightSyncScheme().create_transport(SimpleNamespace(pipe=pipe[1])) is None
+    def test_create_transport_returns_a_transport_that_moves_nothing(self, pipe):
+        """As TorchRL 0.14's (API.md's "returns None" predates it): callers call its methods."""
+        for target in (pipe[0], SimpleNamespace(pipe=pipe[1])):
+            transport = NoWeightSyncScheme().create_transport(target)
+            assert isinstance(transport, TransportBackend)
+            transport.send_weights("policy", {"w": torch.ones(1)})
+            assert transport.receive_weights(timeout=0.01) is None
+            assert transport.check_connection()
+        assert not pipe[1].poll(0)  # nothing went through the pipe
 
     def test_create_sender_and_create_receiver(self):
         scheme = NoWeightSyncScheme()

@@ -6,7 +6,8 @@ boundary) with a transport (how bytes move): it resolves the model, builds the t
 :class:`~weightsync.transports.base.ReceiverTransport` in each worker), hands them to the
 endpoints and delegates its lifecycle calls to them. Concrete schemes differ only in the
 transports they build; everything else lives here, once. TorchRL's legacy calls come from
-:class:`~weightsync.legacy.LegacySchemeAPI`.
+:class:`~weightsync.legacy.LegacySchemeAPI`, what TorchRL's collectors call from
+:class:`~weightsync.torchrl.TorchRLSchemeMixin`.
 
 Lifecycle, as in TorchRL's ``torchrl.weight_update``:
 
@@ -29,13 +30,17 @@ from weightsync.legacy import LegacySchemeAPI
 from weightsync.sources import resolve_model
 from weightsync.strategy import WeightFormat, WeightStrategy
 from weightsync.timeouts import check_timeout
+from weightsync.torchrl import TorchRLSchemeMixin, canonical_backend
 from weightsync.transports.base import ReceiverTransport, SenderTransport
 from weightsync.transports.lifetime import close_at_exit, closed
 
-_RUNTIME = ("_context", "_model", "_sender", "_receiver", "_transport", "_pipes", "_pipe")
+_RUNTIME = (
+    "_context", "_model", "_sender", "_receiver", "_transport", "_pipes", "_pipe",
+    "_legacy_link", "_synchronized", "_receiving",
+)  # fmt: skip
 
 
-class WeightSyncScheme(LegacySchemeAPI, ABC):
+class WeightSyncScheme(LegacySchemeAPI, TorchRLSchemeMixin, ABC):
     """Base class of every scheme; ``WeightSyncScheme.from_backend(name)`` builds one by name.
 
     Args:
@@ -45,6 +50,12 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
         bind_source: let the sender keep the trainer model's tensors in one flat buffer (same
             ``nn.Parameter`` objects, new storage), so a send copies one block instead of one
             tensor at a time. Only CPU models are bound; a model moved later is copied per tensor.
+        sync: whether ``send`` also waits until every worker holds the new version (TorchRL's
+            ``sync``; it matters for shared-mem, whose send otherwise returns once published).
+            None: only when a TorchRL collector drives the scheme.
+        materialize_meta: let a worker whose model is on the ``meta`` device give it CPU storage
+            at the first update (set by a TorchRL collector, which sends such models); otherwise
+            such an update is refused with an error saying so.
     """
 
     backend: ClassVar[str]
@@ -63,8 +74,12 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
         timeout: float = 10.0,
         reject_non_finite: bool = False,
         bind_source: bool = True,
+        sync: bool | None = None,
+        materialize_meta: bool = False,
     ):
         self.strategy = WeightStrategy(strategy)
+        self.sync = sync
+        self.materialize_meta = materialize_meta
         self.timeout = check_timeout(timeout)
         self.reject_non_finite = reject_non_finite
         self.bind_source = bind_source
@@ -80,6 +95,9 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
         self._transport: SenderTransport | ReceiverTransport | None = None
         self._pipes: list | None = None
         self._pipe: Any = None
+        self._legacy_link: Any = None  # the transport of the legacy create_transport(), if any
+        self._synchronized = False  # connect() done (TorchRL's synchronized_on_* properties)
+        self._receiving: Any = None  # a collector worker's receiving thread and its lock
 
     def __repr__(self) -> str:
         return (
@@ -97,13 +115,14 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
     # --------------------------------------------------------------------------------- factory
     @classmethod
     def from_backend(cls, name: str, **kwargs: Any) -> WeightSyncScheme:
-        """Build a scheme by its backend name: ``"none"``, ``"pipe"`` or ``"shared-mem"``."""
+        """Build a scheme by its backend name: ``"none"``, ``"pipe"``, ``"shared-mem"`` or
+        ``"distributed"``; TorchRL's names (``"shared"``, ``"process"``, ...) are accepted too."""
         try:
-            scheme_cls = WeightSyncScheme._backends[name]
+            scheme_cls = WeightSyncScheme._backends[canonical_backend(name)]
         except KeyError:
             raise ValueError(
                 f"unknown weight-sync backend {name!r}; available: "
-                f"{sorted(WeightSyncScheme._backends)}"
+                f"{sorted(WeightSyncScheme._backends)} (or TorchRL's aliases of them)"
             ) from None
         return scheme_cls(**kwargs)
 
@@ -113,8 +132,10 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
 
         The model and the pipes come from ``kwargs`` (``model=``, ``pipes=``, ``num_workers=``)
         or from ``context`` (``context.get_model(model_id)`` or the path ``model_id`` on it,
-        ``context.pipes``, ``context.num_workers``).
+        ``context.pipes``, ``context.num_workers``). TorchRL's collectors pass ``ctx=`` (see
+        :mod:`weightsync.torchrl`).
         """
+        kwargs = self._torchrl_sender_kwargs(model_id, context, kwargs)
         self.model_id = model_id
         self._context = context
         self._model = kwargs.get("model")
@@ -129,7 +150,9 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
         self.role = "sender"
 
     def init_on_receiver(self, model_id: str, context: Any = None, **kwargs: Any) -> None:
-        """Set up one worker's side (local only): its model (``model=``) and pipe (``pipe=``)."""
+        """Set up one worker's side (local only): its model (``model=``) and pipe (``pipe=``);
+        TorchRL's collectors pass ``worker_idx=`` and no pipe (see :mod:`weightsync.torchrl`)."""
+        kwargs = self._torchrl_receiver_kwargs(context, kwargs)
         self.model_id = model_id
         self._context = context
         self._model = kwargs.get("model")
@@ -161,8 +184,14 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
             call = "init_on_sender()" if role == "sender" else "init_on_worker()"
             raise RuntimeError(f"{type(self).__name__} has no transport yet: call {call} first")
         common = {"model": self._model, "strategy": self.strategy}
+        common.update(self._torchrl_endpoint_options(role))
         if role == "receiver":
-            return {"model_id": self.model_id, "transport": self._transport, **common}
+            return {
+                "model_id": self.model_id,
+                "transport": self._transport,
+                "legacy_link": self._legacy_link,
+                **common,
+            }
         return {
             "model_id": self.model_id,
             "transport": self._transport,
@@ -195,11 +224,15 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
         return self._receiver
 
     # ----------------------------------------------------------------------- newer lifecycle
-    def connect(self, timeout: float | None = None) -> None:
-        """Blocking rendez-vous. Trainer: send the initial weights to every worker and wait up to
-        ``timeout`` (default the scheme's) for each to adopt them; shared-mem's one-time hand-out
-        of its buffers waits up to the scheme's timeout per worker. Worker: wait for the initial
-        weights (SyncTimeoutError naming the model if they do not come within ``timeout``)."""
+    def connect(
+        self, timeout: float | None = None, *, worker_idx: int | None = None, weights: Any = None
+    ) -> None:
+        """Blocking rendez-vous. Trainer: send the initial weights (``weights``, default the
+        model's) to every worker and wait up to ``timeout`` (default the scheme's) for each to
+        adopt them; shared-mem's one-time hand-out of its buffers waits up to the scheme's timeout
+        per worker. Worker: wait for the initial weights (SyncTimeoutError naming the model if
+        they do not come within ``timeout``). ``worker_idx`` is TorchRL's worker-side argument,
+        accepted (the worker's index was given to ``init_on_receiver``)."""
         if self.role is None:
             raise RuntimeError(
                 f"{type(self).__name__} is not initialised: call init_on_sender() (trainer) or "
@@ -208,9 +241,10 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
         if timeout is not None:
             check_timeout(timeout)
         if self.role == "sender":
-            self.get_sender().connect(timeout)
+            self.get_sender().connect(timeout, weights)
         else:
             self.get_receiver().connect(self.timeout if timeout is None else timeout)
+        self._torchrl_after_connect()
 
     def send(self, weights: Any = None, worker_ids: int | list[int] | None = None) -> None:
         """Send new weights to the workers (blocking); see :meth:`WeightSender.send`."""
@@ -239,6 +273,7 @@ class WeightSyncScheme(LegacySchemeAPI, ABC):
 
     def shutdown(self) -> None:
         """Release pipes, buffers and threads; the scheme can be initialised again after."""
+        self._torchrl_shutdown()
         if self._transport is not None:
             self._transport.close()
             closed(self._transport)

@@ -30,7 +30,9 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
             sets it per worker.
         join_timeout: seconds to reach the store and join (default: ``timeout``).
         worker_id: this worker's index, if known when built (``from_env`` sets it).
-        strategy, timeout, reject_non_finite, bind_source: see WeightSyncScheme.
+        backend: the ``torch.distributed`` backend (TorchRL's argument); only ``"gloo"``,
+            which moves the CPU flat buffer.
+        strategy, timeout, reject_non_finite, bind_source, sync: see WeightSyncScheme.
 
     Example (one line per process, under ``torchrun --nproc-per-node=3 script.py``)::
 
@@ -52,9 +54,16 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         bind: str | None = None,
         join_timeout: float | None = None,
         worker_id: int | None = None,
+        backend: str = "gloo",
         **kwargs: Any,
     ):
         super().__init__(strategy, **kwargs)
+        if backend != "gloo":
+            raise ValueError(
+                f"DistributedWeightSyncScheme moves weights over gloo; backend={backend!r} is not "
+                "supported (use backend='gloo')"
+            )
+        self.distributed_backend = backend
         self.num_workers = num_workers
         self.host = host or "127.0.0.1"
         self.port = port or 0

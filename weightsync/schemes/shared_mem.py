@@ -23,6 +23,9 @@ class SharedMemWeightSyncScheme(WeightSyncScheme, backend="shared-mem"):
         auto_register: create the shared buffers on the first send (else call
             :meth:`register_shared_weights` first).
         num_buffers: snapshot buffers per model (default ``num_workers + 2``: never waits).
+        per_worker_weights: TorchRL's option to give each worker its own copy of the weights;
+            accepted for compatibility and always true here: a worker's parameters are a
+            published snapshot, never the trainer's live tensors nor another worker's.
         **kwargs: ``timeout``, ``reject_non_finite``, ``bind_source`` (see WeightSyncScheme).
 
     Worker parameters are views of a published snapshot, mapped read-only in the worker: an
@@ -36,9 +39,17 @@ class SharedMemWeightSyncScheme(WeightSyncScheme, backend="shared-mem"):
         auto_register: bool = True,
         *,
         num_buffers: int | None = None,
+        per_worker_weights: bool = False,
         **kwargs: Any,
     ):
+        if isinstance(policy_weights, str):
+            raise TypeError(
+                f"SharedMemWeightSyncScheme's first argument is policy_weights, got the string "
+                f"{policy_weights!r}; pass the format by keyword: strategy={policy_weights!r} "
+                "(TorchRL's scheme takes strategy first)"
+            )
         super().__init__(strategy, **kwargs)
+        self.per_worker_weights = per_worker_weights
         self.policy_weights = policy_weights
         self.auto_register = auto_register
         self.num_buffers = num_buffers

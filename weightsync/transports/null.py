@@ -3,13 +3,15 @@
 A scheme without synchronisation still has a lifecycle: its workers loop until the trainer shuts
 down. When the trainer gave the scheme one pipe per worker, :meth:`NullSender.close` says so over
 each and :attr:`NullReceiver.closed` notices it (or the trainer's death); without pipes the
-transports are pure no-ops.
+transports are pure no-ops. :class:`NullTransport` is the same for TorchRL's legacy,
+message-level protocol (what ``NoWeightSyncScheme.create_transport`` returns).
 """
 
 from __future__ import annotations
 
 import contextlib
 from multiprocessing.connection import Connection
+from typing import Any
 
 from weightsync.flat import FlatBuffer
 from weightsync.transports.base import Update
@@ -93,3 +95,19 @@ class NullReceiver:
 
     def close(self) -> None:
         pass
+
+
+class NullTransport:
+    """TorchRL's legacy :class:`~weightsync.transports.base.TransportBackend` that moves nothing:
+    TorchRL's ``NoWeightSyncScheme.create_transport`` returns one, and code written against it
+    calls its methods."""
+
+    def send_weights(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing moves (weightsync's ``(model_id, weights)`` or TorchRL's ``(weights)``)."""
+
+    def receive_weights(self, timeout: float | None = 1.0, **kwargs: Any) -> None:
+        """Nothing ever arrives."""
+        return None
+
+    def check_connection(self) -> bool:
+        return True

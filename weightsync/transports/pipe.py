@@ -85,6 +85,9 @@ class MPTransport:
         self.timeout = check_timeout(timeout)
         self.worker_id = worker_id
         self.peer = "the trainer" if worker_id is None else f"worker {worker_id}"
+        # Who answers an acknowledgement: a trainer-side end built the legacy way (no
+        # ``worker_id``) still waits on a worker, and its errors must say so.
+        self._acker = "the worker" if worker_id is None else self.peer
         self.closed = False
         self.peer_pid: int | None = None  # the worker's process, once it introduced itself
         self._peer_watch: int | None = None  # a pidfd of it, readable once it has exited
@@ -92,6 +95,7 @@ class MPTransport:
         self._next_version = 0
         self._awaiting: tuple[str, int] | None = None  # (model_id, version) sent, not yet acked
         self.last_received: tuple[str, int] | None = None  # (model_id, version) on the worker
+        self._unanswered = False  # the worker has not answered last_received yet
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(peer={self.peer!r}, timeout={self.timeout})"
@@ -128,7 +132,7 @@ class MPTransport:
         try:
             while True:
                 kind, got_model, got_version, payload = self._recv(
-                    timeout, f"acknowledge version {version} of model {model_id!r}"
+                    timeout, f"acknowledge version {version} of model {model_id!r}", self._acker
                 )
                 if (got_model, got_version) != (model_id, version):
                     continue  # a late answer to an update that already timed out
@@ -140,11 +144,13 @@ class MPTransport:
 
     def check_ack(self, message: str = "updated") -> None:
         """Legacy: wait for an acknowledgement carrying ``message``."""
-        kind, model_id, version, payload = self._recv(None, f"acknowledge with {message!r}")
+        kind, model_id, version, payload = self._recv(
+            None, f"acknowledge with {message!r}", self._acker
+        )
         self._awaiting = None  # answered: the next send may go
         if kind != ACK or payload != message:
             raise RuntimeError(
-                f"expected acknowledgement {message!r} from {self.peer}, got {kind} {payload!r} "
+                f"expected acknowledgement {message!r} from {self._acker}, got {kind} {payload!r} "
                 f"for version {version} of model {model_id!r}"
             )
 
@@ -168,7 +174,7 @@ class MPTransport:
         if self.closed:
             return None
         self._introduce()  # before the first update arrives: the trainer can watch us from now on
-        message = self._next_message(timeout, "send weights")
+        message = self._next_message(timeout, "send weights", self.peer)
         if message is None:
             return None
         kind, model_id, version, payload = message
@@ -176,11 +182,21 @@ class MPTransport:
             self.closed = True
             return None
         self.last_received = (model_id, version)
+        self._unanswered = True
         return model_id, payload
 
     def send_ack(self, message: str = "updated") -> None:
         """Acknowledge the last received weights."""
         self._answer(ACK, message)
+
+    def acknowledge_pending(self, message: str = "updated") -> bool:
+        """Acknowledge the last received weights unless already answered; True if it did.
+        A worker written to the legacy API applies what ``receive_weights`` returned with
+        ``WeightReceiver.apply_weights``, which answers through this."""
+        if not self._unanswered:
+            return False
+        self.send_ack(message)
+        return True
 
     def send_error(self, reason: str) -> None:
         """Refuse the last received weights, telling the trainer why."""
@@ -188,6 +204,7 @@ class MPTransport:
 
     def _answer(self, kind: str, payload: str) -> None:
         model_id, version = self.last_received or ("", 0)
+        self._unanswered = False
         try:
             self._send((kind, model_id, version, payload), model_id, version)
         except PeerDiedError:
@@ -278,9 +295,11 @@ class MPTransport:
                 self._watch(message[3])
         return None
 
-    def _next_message(self, timeout: float, doing: str) -> tuple[str, str, int, Any] | None:
+    def _next_message(
+        self, timeout: float, doing: str, peer: str
+    ) -> tuple[str, str, int, Any] | None:
         """The peer's next message within ``timeout`` s (None if none came); a peer's
-        introduction is taken in passing. PeerDiedError when the peer is gone."""
+        introduction is taken in passing. PeerDiedError naming ``peer`` when it is gone."""
         deadline = time.monotonic() + timeout
         while True:
             watched = [self.pipe] if self._peer_watch is None else [self.pipe, self._peer_watch]
@@ -289,13 +308,13 @@ class MPTransport:
                     return None
                 if not self.pipe.poll(0):  # only the watched process is readable: it exited
                     raise PeerDiedError(
-                        f"{self.peer} (process {self.peer_pid}) exited before it could {doing}",
+                        f"{peer} (process {self.peer_pid}) exited before it could {doing}",
                         workers=self._as_workers(),
                     )
                 message = self.pipe.recv()
             except (EOFError, OSError) as err:
                 raise PeerDiedError(
-                    f"{self.peer} closed its pipe (process died?) before it could {doing}",
+                    f"{peer} closed its pipe (process died?) before it could {doing}",
                     workers=self._as_workers(),
                 ) from err
             if message[0] != HELLO:
@@ -303,12 +322,15 @@ class MPTransport:
             if self.worker_id is not None:  # a worker's introduction: watch its process
                 self._watch(message[3])
 
-    def _recv(self, timeout: float | None, doing: str) -> tuple[str, str, int, Any]:
+    def _recv(
+        self, timeout: float | None, doing: str, peer: str | None = None
+    ) -> tuple[str, str, int, Any]:
         timeout = self.timeout if timeout is None else timeout
-        message = self._next_message(timeout, doing)
+        peer = self.peer if peer is None else peer
+        message = self._next_message(timeout, doing, peer)
         if message is None:
             raise SyncTimeoutError(
-                f"{self.peer} did not {doing} within {timeout:g} s; it may be stuck or "
+                f"{peer} did not {doing} within {timeout:g} s; it may be stuck or "
                 "overloaded (raise the timeout if it is just slow)",
                 workers=self._as_workers(),
             )
