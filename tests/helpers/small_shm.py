@@ -1,12 +1,13 @@
-"""A trainer and a spawned shared-mem worker in a ``/dev/shm`` too small for the model, run as
-``python -m tests.helpers.small_shm`` inside a private mount namespace whose ``/dev/shm`` the
-test made small. Prints one JSON line: what the trainer and the worker raised, and what was left
-in ``/dev/shm`` once both had exited."""
+"""A trainer and a spawned worker in a ``/dev/shm`` too small for the model, run as
+``python -m tests.helpers.small_shm BACKEND`` inside a private mount namespace whose
+``/dev/shm`` the test made small. Prints one JSON line: what the trainer and the worker
+raised, and what was left in ``/dev/shm`` once both had exited."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 import torch.multiprocessing as mp
 from torch import nn
@@ -25,7 +26,7 @@ def _worker(scheme, pipe, ctl) -> None:
 
 def main() -> None:
     ctx = mp.get_context("spawn")
-    scheme = WeightSyncScheme.from_backend("shared-mem", timeout=60.0)
+    scheme = WeightSyncScheme.from_backend(sys.argv[1], timeout=60.0)
     here, there = ctx.Pipe()
     ctl_here, ctl_there = ctx.Pipe()
     worker = ctx.Process(target=_worker, args=(scheme, there, ctl_there), daemon=True)

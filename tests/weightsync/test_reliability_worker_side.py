@@ -186,12 +186,12 @@ def test_a_scheme_mismatch_is_named_on_both_sides_at_once(procs, trainer_backend
     scheme.shutdown()
 
 
-def _run_with_small_dev_shm(size: str) -> subprocess.CompletedProcess | None:
+def _run_with_small_dev_shm(size: str, backend: str) -> subprocess.CompletedProcess | None:
     """Run ``tests.helpers.small_shm`` in a private mount namespace whose /dev/shm is a tmpfs of
     ``size``; None where this process may not make one (not root, no unshare)."""
     if shutil.which("unshare") is None or os.geteuid() != 0:
         return None
-    probe = f"{sys.executable} -m tests.helpers.small_shm"
+    probe = f"{sys.executable} -m tests.helpers.small_shm {backend}"
     script = f"mount -t tmpfs -o size={size} tmpfs /dev/shm && exec {probe}"
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
@@ -203,8 +203,12 @@ def _run_with_small_dev_shm(size: str) -> subprocess.CompletedProcess | None:
 
 
 @pytest.mark.timeout(150)
-def test_a_too_small_dev_shm_fails_fast_names_the_fix_and_leaves_nothing_behind():
-    done = _run_with_small_dev_shm("6m")  # the model needs 3 snapshot buffers of 4 MiB
+@pytest.mark.parametrize(
+    ("backend", "size"),
+    [("shared-mem", "6m"), ("pipe", "3m")],  # 3 snapshot buffers of 4 MiB; 1 staging buffer
+)
+def test_a_too_small_dev_shm_fails_fast_names_the_fix_and_leaves_nothing_behind(backend, size):
+    done = _run_with_small_dev_shm(size, backend)
     if done is None or (done.returncode != 0 and "mount" in done.stderr):
         pytest.skip("cannot make a private, small /dev/shm here (needs root and unshare)")
     assert done.returncode == 0, done.stderr

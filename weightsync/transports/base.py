@@ -34,6 +34,15 @@ class Update(NamedTuple):
     zero_copy: bool
 
 
+class SetupFailed:
+    """What a worker receives instead of an update when the trainer could not set it up (e.g. a
+    ``/dev/shm`` too small for the shared buffers): the worker raises at once, with ``reason``,
+    instead of waiting out its timeout."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
 @runtime_checkable
 class SenderTransport(Protocol):
     """The trainer side of a transport: everything :class:`~weightsync.WeightSender` calls.

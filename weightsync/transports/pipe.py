@@ -33,13 +33,14 @@ import torch.multiprocessing  # noqa: F401  (registers the tensor reductions use
 from weightsync.errors import (
     PeerDiedError,
     SchemeMismatchError,
+    SharedMemoryError,
     SyncTimeoutError,
     WeightSyncError,
     WorkerRejectedError,
 )
 from weightsync.flat import FlatBuffer
 from weightsync.timeouts import check_timeout
-from weightsync.transports.base import Update
+from weightsync.transports.base import SetupFailed, Update
 from weightsync.weights import FlatWeights
 
 WEIGHTS, ACK, ERROR, CLOSE, HELLO = "weights", "ack", "error", "close", "hello"
@@ -396,10 +397,19 @@ class PipeBroadcast:
 
     def _staging_for(self, slot: int, weights: FlatWeights) -> FlatBuffer:
         """The staging buffer of ``slot``, re-created (and re-sent to workers) if the layout
-        changed."""
+        changed. When shared memory cannot hold it, the workers are told at once (they would
+        otherwise wait out their timeout) and SharedMemoryError is raised."""
         buffer = self.buffers[slot]
         if buffer is None or buffer.mismatches(weights):
-            buffer = self.buffers[slot] = FlatBuffer.for_weights(weights, shared=True)
+            try:
+                fresh = FlatBuffer.for_weights(weights, shared=True)
+            except SharedMemoryError as err:
+                for w in range(len(self.links)):
+                    if w not in self.removed:
+                        with contextlib.suppress(OSError, EOFError):
+                            self.links[w].pipe.send((WEIGHTS, "", 0, SetupFailed(str(err))))
+                raise
+            buffer = self.buffers[slot] = fresh
             self._has_staging = {(w, s) for w, s in self._has_staging if s != slot}
             if slot == _MODEL_SLOT:
                 self._lent = False
@@ -527,6 +537,8 @@ class PipeReader:
             return None
         model_id, payload = got
         version = self.link.last_received[1]
+        if isinstance(payload, SetupFailed):
+            raise SharedMemoryError(f"the trainer could not stage the weights: {payload.reason}")
         if not isinstance(payload, _Staged):
             problem = (
                 f"this worker uses the pipe scheme, but the trainer sent a "

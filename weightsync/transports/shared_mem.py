@@ -39,7 +39,7 @@ from weightsync.errors import (
 )
 from weightsync.flat import FlatBuffer, FlatLayout, copy_bytes
 from weightsync.shm import check_room
-from weightsync.transports.base import Update
+from weightsync.transports.base import SetupFailed, Update
 from weightsync.transports.pipe import ERROR, WEIGHTS, MPTransport
 from weightsync.weights import FlatWeights, flatten_weights
 
@@ -177,13 +177,6 @@ class SnapshotRing:
         self.control[1 + self.num_readers + reader] = _NONE
 
 
-class _SetupFailed:
-    """What a worker receives instead of a ring when the trainer could not create it."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-
-
 class _Registration:
     """What a worker receives over its pipe once per model: the ring and its reader index."""
 
@@ -268,7 +261,7 @@ class SharedMemTransport:
         except SharedMemoryError as err:  # tell the workers now, or they wait out their timeout
             for link in self._live_links():
                 with contextlib.suppress(OSError, EOFError):
-                    link.pipe.send((WEIGHTS, model_id, 0, _SetupFailed(str(err))))
+                    link.pipe.send((WEIGHTS, model_id, 0, SetupFailed(str(err))))
             raise
         ring.buffers[0].write(flat)
         ring.publish(0, version)
@@ -573,7 +566,7 @@ class SharedMemReader:
         if got is None:
             return None
         model_id, registration = got
-        if isinstance(registration, _SetupFailed):
+        if isinstance(registration, SetupFailed):
             raise SharedMemoryError(
                 f"the trainer could not share model {model_id!r}: {registration.reason}"
             )
