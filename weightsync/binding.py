@@ -27,9 +27,9 @@ class BoundModule:
         (True, True)
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, *, watch_shapes: bool = True):
         self.module = module
-        self._cache = ModuleWeightsCache(module)
+        self._cache = ModuleWeightsCache(module, watch_shapes=watch_shapes)
         #: The buffer the module was last bound to (None: never, or it moved out).
         self.buffer: FlatBuffer | None = None
         self._generation = -1  # the cache generation last seen living in ``buffer``

@@ -236,7 +236,7 @@ class WeightSender(LegacySenderAPI):
         """The model's weights, bound first to the transport's source buffer when allowed; one
         read of the tensors' addresses per send."""
         if self._bound is None or self._bound.module is not model:
-            self._bound = BoundModule(model)
+            self._bound = BoundModule(model, watch_shapes=False)  # nothing validates it here
         bound = self._bound
         live = bound.weights(live=True)
         if self.bind_source and not bound.is_bound():
