@@ -49,6 +49,8 @@ from weightsync.weights import FlatWeights
 log = logging.getLogger(__name__)
 
 DATA, ANSWER = 1, 2  # gloo tags: trainer -> worker, worker -> trainer
+#: Links whose trainer died, kept alive until the process ends (see DistributedReceiver).
+_ABANDONED: list[tuple[Any, list]] = []
 
 
 class Msg(enum.IntEnum):
@@ -456,6 +458,7 @@ class DistributedReceiver:
                     "has probably exited"
                 )
             )
+            self._abandon_link()
             return
         except ValueError as err:  # a layout that does not parse: nothing more can be trusted
             self._stop(WeightSyncError(f"worker {self.worker_id} stops receiving: {err}"))
@@ -502,8 +505,18 @@ class DistributedReceiver:
             self._buffers.append(buffer)
             return buffer
 
+    def _abandon_link(self) -> None:
+        """Keep the link to a trainer that is gone (and its sends in flight) alive until the
+        process ends: destroying a gloo context whose peer died aborts the process ("terminate
+        called without an active exception"), so it is never destroyed before exit."""
+        with self._answer_lock:
+            _ABANDONED.append((self._link, self._works))
+            self._link, self._works = None, []
+
     def _answer(self, *tensors: torch.Tensor) -> None:
         with self._answer_lock:
+            if self._link is None:  # the trainer is gone: nobody to answer
+                return
             self._works = [(w, t) for w, t in self._works if not w.is_completed()]
             try:
                 for tensor in tensors:
