@@ -11,6 +11,7 @@ import pytest
 
 from experiments.loggers import CSVLogger, MetricLogger, MLFlowLogger, TensorboardLogger, _backend
 from experiments.metrics import MetricsLog
+from tests.helpers.tensorboard import read_tensorboard_scalars
 
 RECORD = {"iteration": 1, "frames": 1024, "episode_return": 21.5, "sync_latency_ms": None}
 
@@ -60,15 +61,6 @@ def test_csv_logger_writes_rows_and_hparams(tmp_path: Path) -> None:
         ("episode_return", "2048", "30.0"),
     ]
     assert json.loads((tmp_path / "csv" / "hparams.json").read_text())["learner"]["lr"] == 5e-4
-
-
-def read_tensorboard_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
-    """``(step, value)`` of ``tag`` in the event files under ``log_dir``, as TensorBoard reads."""
-    accumulator = pytest.importorskip(
-        "tensorboard.backend.event_processing.event_accumulator"
-    ).EventAccumulator(str(log_dir))
-    accumulator.Reload()
-    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
 
 
 def test_tensorboard_logger_writes_an_event_file_tensorboard_reads(tmp_path: Path) -> None:

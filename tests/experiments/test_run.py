@@ -15,25 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.run_py import ROOT, run_py
 from tests.helpers.shm import leaked_since, shm_entries
 
-ROOT = Path(__file__).resolve().parents[2]
 SYNCS = ("none", "shared-mem", "pipe")
 STRATEGIES = ("state_dict", "tensordict")
 SMOKE_UPDATES = 8  # experiment=smoke: 8192 frames / (2 workers x 8 envs x 64 steps)
 UNITS = ("episode_return", "loss", "frames_per_s", "sync_latency_ms", "bytes_moved", "staleness")
 
 pytestmark = pytest.mark.slow
-
-
-def run_py(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "run.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

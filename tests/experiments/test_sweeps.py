@@ -7,28 +7,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from run import objective
-from tests.experiments.test_loggers import read_tensorboard_scalars
+from tests.helpers.run_py import run_py
 from tests.helpers.shm import leaked_since, shm_entries
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_py(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "run.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.helpers.tensorboard import read_tensorboard_scalars
 
 
 def summaries(sweep_dir: Path) -> dict[str, dict]:
