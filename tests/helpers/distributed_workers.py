@@ -3,9 +3,11 @@ and what a test reads about a process from /proc (its CPU time, its sockets' loc
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import struct
+import threading
 import time
 
 import torch.distributed as dist
@@ -71,6 +73,28 @@ def serve_commands(scheme, worker_id: int, bind: str | None, ctl, seed: int = 1)
                 return
     except Exception as err:
         ctl.send(("error", type(err).__name__, str(err)))
+
+
+def exit_without_shutdown(scheme, worker_id: int, ctl) -> None:
+    """Join and take the initial weights (``("state", version)``), then on ``("exit",)`` receive
+    until the trainer is gone or closes (at once if ``wait=False``) and return without
+    ``shutdown()``. After every exit hook of the interpreter ran, report the weightsync threads
+    still alive: ``("threads", names)``; the interpreter then finalises.
+    """
+    atexit.register(_report_live_threads, ctl)  # registered first, so it runs after weightsync's
+    scheme.init_on_receiver("policy", model=make_model(1), worker_id=worker_id)
+    scheme.connect()
+    ctl.send(("state", scheme.get_receiver().version))
+    _, follow = ctl.recv()
+    try:
+        while follow and not scheme.closed:
+            scheme.receive(0.5)
+    except PeerDiedError:
+        pass
+
+
+def _report_live_threads(ctl) -> None:
+    ctl.send(("threads", [t.name for t in threading.enumerate() if "weightsync" in t.name]))
 
 
 def run_trainer(num_workers: int, timeout: float, ctl) -> None:

@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from tests.helpers.distributed_workers import (
     cpu_seconds,
+    exit_without_shutdown,
     local_addresses,
     run_trainer,
     serve_broadcasts,
@@ -189,6 +190,31 @@ def test_every_worker_exits_when_the_trainer_is_killed(procs):
         )
         process.join(timeout)
         assert process.exitcode == 0
+
+
+@pytest.mark.parametrize("trainer", ["killed", "alive"])
+def test_a_worker_exiting_without_shutdown_ends_its_receiving_thread_first(procs, trainer):
+    """A daemon thread still running while the interpreter finalises aborts the process
+    ("terminate called without an active exception"): the receiver is closed at exit."""
+    trainer_ctl, there = procs.pipe()
+    trainer_process = procs.start(run_trainer, 1, 10.0, there)
+    _, port = expect_reply(trainer_ctl, "pick a port")
+    scheme = DistributedWeightSyncScheme(num_workers=1, port=port, timeout=10, join_timeout=60)
+    ctl, there = procs.pipe()
+    worker = procs.start(exit_without_shutdown, scheme, 0, there)
+    assert expect_reply(trainer_ctl, "connect") == ("connected",)
+    assert expect_reply(ctl, "join") == ("state", 1)
+    if trainer == "killed":
+        os.kill(trainer_process.pid, signal.SIGKILL)
+    ctl.send(("exit", trainer == "killed"))  # alive: return at once, the trainer still serving
+    assert expect_reply(ctl, "exit", timeout=10) == ("threads", [])
+    worker.join(10)
+    assert worker.exitcode == 0
+    if trainer == "alive":  # the worker said it left: the trainer's next send names it
+        trainer_ctl.send(("send",))
+        assert trainer_ctl.poll(10)
+        kind, error, message = trainer_ctl.recv()
+        assert (kind, error) == ("error", "PeerDiedError") and "worker 0" in message, message
 
 
 def test_an_idle_worker_costs_no_measurable_cpu(procs):

@@ -34,6 +34,7 @@ from weightsync.errors import (
     WorkerRejectedError,
 )
 from weightsync.flat import FlatBuffer
+from weightsync.transports import lifetime
 from weightsync.transports.base import Update
 from weightsync.transports.c10d import (
     Link,
@@ -49,8 +50,6 @@ from weightsync.weights import FlatWeights
 log = logging.getLogger(__name__)
 
 DATA, ANSWER = 1, 2  # gloo tags: trainer -> worker, worker -> trainer
-#: Links whose trainer died, kept alive until the process ends (see DistributedReceiver).
-_ABANDONED: list[tuple[Any, list]] = []
 
 
 class Msg(enum.IntEnum):
@@ -82,7 +81,6 @@ class _TrainerLink:
         self.acked: int | None = None
         self.layout_sent: bytes | None = None
         self.works: list[tuple[Any, list[torch.Tensor]]] = []  # sends in flight, tensors kept
-        self.ended = threading.Event()
         self._send_lock = threading.Lock()
         self.thread = threading.Thread(
             target=self._run, name=f"weightsync-link-{worker_id}", daemon=True
@@ -117,7 +115,6 @@ class _TrainerLink:
             )  # fmt: skip
         except RuntimeError as err:
             self._fail(f"could not join within {owner.join_timeout:g} s: {_first_line(err)}")
-            self.ended.set()
             return
         with owner.cond:
             self.link = link
@@ -127,8 +124,6 @@ class _TrainerLink:
         except RuntimeError as err:
             if not owner.closing:
                 self._fail(f"its connection broke ({_first_line(err)}); the process has died")
-        finally:
-            self.ended.set()
 
     def _read_answers(self, link: Link) -> None:
         owner = self.owner
@@ -350,8 +345,8 @@ class DistributedSender:
                 except RuntimeError:
                     continue
         deadline = time.monotonic() + min(self.timeout, 5.0)
-        for link in self.links.values():
-            link.ended.wait(max(0.0, deadline - time.monotonic()))
+        for link in self.links.values():  # joined, not just ended: see DistributedReceiver
+            link.thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class DistributedReceiver:
@@ -389,6 +384,9 @@ class DistributedReceiver:
             name=f"weightsync-receiver-{worker_id}", daemon=True,
         )  # fmt: skip
         self._thread.start()
+        # The receiving thread must have ended before the interpreter finalises: a daemon thread
+        # still unwinding (or waking from a torch call) then aborts the whole process.
+        lifetime.close_at_exit(self)
 
     @property
     def closed(self) -> bool:
@@ -430,6 +428,7 @@ class DistributedReceiver:
         if self._link is not None and self._thread.is_alive() and not self._closed:
             self._answer(header(Msg.LEAVING))
         self._thread.join(timeout=5.0)
+        lifetime.closed(self)
 
     # ------------------------------------------------------------------ receiving thread
     def _run(self, host: str, port: int, join_timeout: float, bind: str | None) -> None:
@@ -458,7 +457,7 @@ class DistributedReceiver:
                     "has probably exited"
                 )
             )
-            self._abandon_link()
+            self._drop_link()
             return
         except ValueError as err:  # a layout that does not parse: nothing more can be trusted
             self._stop(WeightSyncError(f"worker {self.worker_id} stops receiving: {err}"))
@@ -505,12 +504,9 @@ class DistributedReceiver:
             self._buffers.append(buffer)
             return buffer
 
-    def _abandon_link(self) -> None:
-        """Keep the link to a trainer that is gone (and its sends in flight) alive until the
-        process ends: destroying a gloo context whose peer died aborts the process ("terminate
-        called without an active exception"), so it is never destroyed before exit."""
+    def _drop_link(self) -> None:
+        """The trainer is gone: nobody to answer any more."""
         with self._answer_lock:
-            _ABANDONED.append((self._link, self._works))
             self._link, self._works = None, []
 
     def _answer(self, *tensors: torch.Tensor) -> None:

@@ -1,11 +1,14 @@
-"""Trainer transports still open when the interpreter exits are closed before it waits for its
-children, so workers learn the trainer is done and exit.
+"""Transports still open when the interpreter exits are closed by an exit hook, before
+``multiprocessing`` joins the children and before the interpreter finalises.
 
-A trainer that returns or raises without ``shutdown()`` keeps its pipes open until the interpreter
-is gone, but ``multiprocessing`` first joins every non-daemon child at exit: workers waiting on
-those pipes, and the trainer waiting on its workers, would wait for each other forever. Every
-scheme initialised on the sender registers its transport here; at exit, each one still open is
-closed (workers see ``closed``, as after ``shutdown()``) before ``multiprocessing`` joins them.
+* A trainer that returns or raises without ``shutdown()`` keeps its pipes open until the
+  interpreter is gone, but ``multiprocessing`` first joins every non-daemon child at exit: workers
+  waiting on those pipes, and the trainer waiting on its workers, would wait for each other
+  forever. Every scheme initialised on the sender registers its transport here; at exit, each one
+  still open is closed (workers see ``closed``, as after ``shutdown()``) before the join.
+* A transport with a receiving thread (the distributed one) registers itself: its thread must
+  have ended before the interpreter finalises, since a daemon thread that is still unwinding, or
+  wakes from a torch call, then aborts the whole process.
 """
 
 from __future__ import annotations
