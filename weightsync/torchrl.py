@@ -41,6 +41,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from weightsync import lifetime
 from weightsync.errors import PeerDiedError
 from weightsync.sources import resolve_model
 
@@ -86,6 +87,21 @@ class _Receiving:
         self.lock = threading.RLock()
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
+        self.join_timeout = 0.0
+
+    def start(self, loop: Any, name: str, join_timeout: float) -> None:
+        """Run ``loop(self)`` in a daemon thread, stopped by :meth:`close` (at exit too)."""
+        self.join_timeout = join_timeout
+        self.thread = threading.Thread(target=loop, args=(self,), name=name, daemon=True)
+        self.thread.start()
+        lifetime.close_at_exit(self)
+
+    def close(self) -> None:
+        """Stop the thread and wait (at most ``join_timeout`` s) until it has ended."""
+        self.stop.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout=self.join_timeout)
+        lifetime.closed(self)
 
 
 class TorchRLSchemeMixin:
@@ -282,21 +298,16 @@ class TorchRLSchemeMixin:
             self.strategy.apply_weights(self._model, self._initial_weights, model_id=self.model_id)
             self._initial_weights = None
         if self._receiving is not None and self._transport.carries_weights:
-            self._receiving.thread = threading.Thread(
-                target=self._receive_loop,
-                args=(self._receiving,),
+            self._receiving.start(
+                self._receive_loop,
                 name=f"weightsync-{self.model_id}-worker{self._worker_idx}",
-                daemon=True,
+                join_timeout=self.timeout,
             )
-            self._receiving.thread.start()
 
     def _torchrl_shutdown(self) -> None:
         """Stop the worker's receiving thread and forget the collector."""
-        receiving = self._receiving
-        if receiving is not None:
-            receiving.stop.set()
-            if receiving.thread is not None and receiving.thread is not threading.current_thread():
-                receiving.thread.join(timeout=self.timeout)
+        if self._receiving is not None:
+            self._receiving.close()
         self._collector_mode = False
         self._carried_pipes = None
 

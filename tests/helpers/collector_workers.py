@@ -10,6 +10,8 @@ import time
 import torch
 from torch import nn
 
+from tests.helpers.workers import report_threads_at_exit
+
 
 class FakeWorkerCollector:
     """Stands in for TorchRL's worker-side collector: counts its policy version."""
@@ -28,7 +30,9 @@ def meta_linear() -> nn.Linear:
 
 
 def collector_worker(scheme, worker_idx: int, ctl) -> None:
-    """Report ``(weights, versions)`` whenever the controller asks, until told to stop."""
+    """Report ``(weights, versions)`` whenever the controller asks; on ``"stop"`` return without
+    ``shutdown()``, as a collector's worker does, and at exit send ``("threads", names)``."""
+    report_threads_at_exit(ctl)
     policy = meta_linear()
     scheme.init_on_receiver(model=policy, model_id="policy", worker_idx=worker_idx)
     scheme.connect(worker_idx=worker_idx)

@@ -3,16 +3,15 @@ and what a test reads about a process from /proc (its CPU time, its sockets' loc
 
 from __future__ import annotations
 
-import atexit
 import os
 import socket
 import struct
-import threading
 import time
 
 import torch.distributed as dist
 
 from tests.helpers.models import make_model, perturb, state_of
+from tests.helpers.workers import report_threads_at_exit
 from weightsync import DistributedWeightSyncScheme, PeerDiedError
 
 
@@ -81,7 +80,7 @@ def exit_without_shutdown(scheme, worker_id: int, ctl) -> None:
     ``shutdown()``. After every exit hook of the interpreter ran, report the weightsync threads
     still alive: ``("threads", names)``; the interpreter then finalises.
     """
-    atexit.register(_report_live_threads, ctl)  # registered first, so it runs after weightsync's
+    report_threads_at_exit(ctl)
     scheme.init_on_receiver("policy", model=make_model(1), worker_id=worker_id)
     scheme.connect()
     ctl.send(("state", scheme.get_receiver().version))
@@ -91,10 +90,6 @@ def exit_without_shutdown(scheme, worker_id: int, ctl) -> None:
             scheme.receive(0.5)
     except PeerDiedError:
         pass
-
-
-def _report_live_threads(ctl) -> None:
-    ctl.send(("threads", [t.name for t in threading.enumerate() if "weightsync" in t.name]))
 
 
 def run_trainer(num_workers: int, timeout: float, ctl) -> None:

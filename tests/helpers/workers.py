@@ -13,6 +13,8 @@ Any exception is sent back as ``("error", type name, message)`` before the worke
 
 from __future__ import annotations
 
+import atexit
+import threading
 import time
 
 import torch
@@ -59,3 +61,13 @@ def ask(ctl, *command, timeout: float = 60.0):
     """Send ``command`` to a worker serving a control pipe and return its reply."""
     ctl.send(command)
     return expect_reply(ctl, f"answer {command[0]!r}", timeout)
+
+
+def report_threads_at_exit(ctl) -> None:
+    """Send ``("threads", names)`` on ``ctl`` at exit: the weightsync threads still alive once
+    every exit hook registered after this call has run (call it before weightsync sets up)."""
+    atexit.register(_report_live_threads, ctl)
+
+
+def _report_live_threads(ctl) -> None:
+    ctl.send(("threads", [t.name for t in threading.enumerate() if "weightsync" in t.name]))

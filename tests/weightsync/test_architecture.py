@@ -8,6 +8,7 @@ no import cycle and a new backend is two transport classes and a small scheme cl
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "weightsync"
 #: Lowest first. A module imports only modules of a lower layer, or of its own package
 #: (``weightsync.transports.pipe`` imports ``weightsync.transports.base``).
 LAYERS = [
-    {"errors", "launch", "timeouts"},
+    {"errors", "launch", "lifetime", "timeouts"},
     {"paths", "shm", "weights"},
     {"flat", "strategy"},
     {"binding", "sources", "group"},
@@ -49,6 +50,7 @@ def _layer(module: str) -> int:
     return next(i for i, layer in enumerate(LAYERS) if top in layer)
 
 
+@functools.cache
 def _modules() -> dict[str, Path]:
     found = {}
     for path in PACKAGE.rglob("*.py"):
@@ -72,7 +74,9 @@ def _imports(path: Path) -> set[str]:
         if id(node) in skipped:
             continue
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("weightsync"):
-            names.add(node.module)
+            for alias in node.names:  # ``from weightsync import lifetime`` imports a submodule
+                submodule = f"{node.module}.{alias.name}"
+                names.add(submodule if submodule in _modules() else node.module)
         elif isinstance(node, ast.Import):
             names |= {a.name for a in node.names if a.name.startswith("weightsync")}
     return names

@@ -181,8 +181,9 @@ def test_the_collector_protocol_with_spawned_workers(backend, procs):
         assert all(torch.equal(state[k], want[k]) for k in want)
         assert (version, policy_version) == ((2, 1) if synced else (0, 0))
 
-    for ctl, _ in controls:
+    for ctl, _ in controls:  # the receiving thread has ended before the worker finalises
         ctl.send("stop")
+        assert ctl.poll(30) and ctl.recv() == ("threads", [])
     scheme.shutdown()
 
 

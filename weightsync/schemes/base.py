@@ -27,12 +27,12 @@ from typing import Any, ClassVar
 
 from weightsync.endpoints import WeightReceiver, WeightSender
 from weightsync.legacy import LegacySchemeAPI
+from weightsync.lifetime import close_at_exit, closed
 from weightsync.sources import resolve_model
 from weightsync.strategy import WeightFormat, WeightStrategy
 from weightsync.timeouts import check_timeout
 from weightsync.torchrl import TorchRLSchemeMixin, canonical_backend
 from weightsync.transports.base import ReceiverTransport, SenderTransport
-from weightsync.transports.lifetime import close_at_exit, closed
 
 _RUNTIME = (
     "_context", "_model", "_sender", "_receiver", "_transport", "_pipes", "_pipe",

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from weightsync import lifetime
 from weightsync.errors import (
     PeerDiedError,
     SyncTimeoutError,
@@ -34,7 +35,6 @@ from weightsync.errors import (
     WorkerRejectedError,
 )
 from weightsync.flat import FlatBuffer
-from weightsync.transports import lifetime
 from weightsync.transports.base import Update
 from weightsync.transports.c10d import (
     Link,

@@ -1,4 +1,4 @@
-"""Transports still open when the interpreter exits are closed by an exit hook, before
+"""Transports and threads still open when the interpreter exits are closed by an exit hook, before
 ``multiprocessing`` joins the children and before the interpreter finalises.
 
 * A trainer that returns or raises without ``shutdown()`` keeps its pipes open until the
@@ -6,9 +6,9 @@
   waiting on those pipes, and the trainer waiting on its workers, would wait for each other
   forever. Every scheme initialised on the sender registers its transport here; at exit, each one
   still open is closed (workers see ``closed``, as after ``shutdown()``) before the join.
-* A transport with a receiving thread (the distributed one) registers itself: its thread must
-  have ended before the interpreter finalises, since a daemon thread that is still unwinding, or
-  wakes from a torch call, then aborts the whole process.
+* A background receiving thread (the distributed transport's, a TorchRL worker's) registers
+  its owner: the thread must have ended before the interpreter finalises, since a daemon thread
+  that is still unwinding, or wakes from a torch call, then aborts the whole process.
 """
 
 from __future__ import annotations
