@@ -203,5 +203,5 @@ def test_workers_exit_within_seconds_when_run_py_is_killed(runs):
     run.wait_for_iterations(2)
     os.kill(run.proc.pid, signal.SIGKILL)
     run.wait(within_s=5.0)
-    run.assert_no_process_left(within_s=5.0)
+    run.assert_no_process_left(within_s=10.0)  # a liveness bound (a loaded CI machine)
     run.metrics()  # flushed line by line: everything written before the kill parses

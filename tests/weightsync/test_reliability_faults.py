@@ -227,8 +227,10 @@ def test_workers_exit_within_seconds_when_the_trainer_is_killed(procs, backend):
     os.kill(trainer.pid, signal.SIGKILL)
     trainer.join(5)
     try:
-        left = _wait_gone(worker_pids, within_s=5.0)
-        assert not left, f"workers {left} outlived their trainer by more than 5 s"
+        # a liveness bound, not a speed claim: workers see the death in well under a second
+        # when the machine is idle, but a loaded 2-core CI machine can stall a process for seconds
+        left = _wait_gone(worker_pids, within_s=10.0)
+        assert not left, f"workers {left} outlived their trainer by more than 10 s"
     finally:
         for pid in worker_pids:  # never leave an orphan behind, even when the test fails
             if _alive(pid):
