@@ -217,9 +217,10 @@ class WeightSender(LegacySenderAPI):
                     "scheme the model (init_on_sender(model_id, model=...) or a context)"
                 )
             flat, source = flatten_weights(prepared), None
-        # A model bound to a source buffer lives in host memory: only others may be on the GPU.
+        # A model bound to a host-memory source buffer is not on the GPU: only others may be.
         if (
             source is None
+            and not self.transport.device_direct
             and not self._warned_staging
             and any(t.is_cuda for t in flat.tensors.values())
         ):

@@ -186,8 +186,12 @@ class FlatBuffer:
         self._views: dict[str, torch.Tensor] | None = None
 
     @classmethod
-    def for_weights(cls, weights: FlatWeights, *, shared: bool = True) -> FlatBuffer:
-        return cls(FlatLayout.for_weights(weights), extra_keys=list(weights.extra), shared=shared)
+    def for_weights(
+        cls, weights: FlatWeights, *, shared: bool = True, device: torch.device | str = "cpu"
+    ) -> FlatBuffer:
+        layout = FlatLayout.for_weights(weights)
+        data = layout.allocate(shared=shared, device=device)
+        return cls(layout, data, extra_keys=list(weights.extra))
 
     def __reduce__(self):
         return (_rebuild_flat_buffer, (self.layout, self.data, self.extra_keys))
@@ -263,7 +267,7 @@ class FlatBuffer:
         if length == 0:
             return {}
         blob = self.data[start + _LENGTH_BYTES : start + _LENGTH_BYTES + length]
-        return pickle.loads(blob.numpy().tobytes())
+        return pickle.loads(blob.cpu().numpy().tobytes())
 
 
 def _rebuild_flat_buffer(

@@ -20,7 +20,12 @@ from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig
 
 from experiments.common.config import from_constructor, plain
-from weightsync import SharedMemWeightSyncScheme, WeightStrategy, WeightSyncScheme
+from weightsync import (
+    DistributedWeightSyncScheme,
+    SharedMemWeightSyncScheme,
+    WeightStrategy,
+    WeightSyncScheme,
+)
 
 SYNC_SCHEMA_GROUP = "sync_schema"
 Schema = TypeVar("Schema", bound=type)
@@ -82,7 +87,8 @@ class DistributedSyncConfig(SyncConfig):
 
     None means "from the launch": ``host`` the master address, ``port`` the master port + 1,
     ``join_timeout`` ``run.startup_timeout``. ``bind`` is this process's own address or network
-    interface (default: torch's choice; ``GLOO_SOCKET_IFNAME`` honoured).
+    interface (default: torch's choice; ``GLOO_SOCKET_IFNAME`` honoured). ``backend``: how a
+    GPU model travels (null: NCCL where both ends have it; ``nccl``; ``gloo``: through host memory).
     """
 
     _target_: str = "weightsync.DistributedWeightSyncScheme"
@@ -90,6 +96,7 @@ class DistributedSyncConfig(SyncConfig):
     port: int | None = None
     bind: str | None = None
     join_timeout: float | None = None
+    backend: str | None = from_constructor(DistributedWeightSyncScheme, "backend")
 
 
 class ExtractAs(str, Enum):

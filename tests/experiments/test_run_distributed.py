@@ -71,7 +71,11 @@ def test_torchrun_trains_with_rank_0_and_two_worker_ranks(tmp_path):
     assert summary["final_return"] > summary["initial_return"] + 10, summary  # it learns
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["num_workers"] == 2 for r in records)
-    assert max(r["staleness"] for r in records) <= 1.0  # rollouts tagged with their version
+    # Rollouts are tagged with their version, and updates reach the workers: staleness stays
+    # about 1 (it grows with every update under sync=none). A worker that acts before its
+    # receiving thread holds the newest version (a loaded machine) adds one now and then.
+    assert max(r["staleness"] for r in records) <= 3.0, [r["staleness"] for r in records]
+    assert len(records) > 6
 
 
 class SlurmRanks:

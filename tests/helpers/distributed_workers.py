@@ -8,6 +8,7 @@ import socket
 import struct
 import time
 
+import torch
 import torch.distributed as dist
 
 from tests.helpers.models import make_model, perturb, state_of
@@ -15,25 +16,37 @@ from tests.helpers.workers import report_threads_at_exit
 from weightsync import DistributedWeightSyncScheme, PeerDiedError
 
 
-def serve_broadcasts(scheme, worker_id: int, ctl, seed: int = 1) -> None:
-    """Join the scheme's group, then apply updates until the trainer closes; report each state.
+def serve_broadcasts(scheme, worker_id: int, ctl, seed: int = 1, device: str = "cpu") -> None:
+    """Join the scheme's group with a model on ``device``, then apply updates until the trainer
+    closes; report each state.
 
-    Replies on ``ctl``: ``("state", version, state_dict, default_group_initialised)`` after each
-    applied update, ``("closed",)`` at the end, or ``("error", type, message)``.
+    Replies on ``ctl``: ``("state", version, state_dict on the CPU, facts)`` after each applied
+    update (``facts``: ``default_group``, whether the default process group is initialised, and
+    ``devices``, those the model's tensors are on), ``("closed",)`` at the end, or
+    ``("error", type, message)``.
     """
     try:
-        model = make_model(seed)
+        model = make_model(seed).to(device)
         scheme.init_on_receiver("policy", model=model, worker_id=worker_id)
         scheme.connect()
         receiver = scheme.get_receiver()
-        ctl.send(("state", receiver.version, state_of(model), dist.is_initialized()))
+        ctl.send(("state", receiver.version, _on_cpu(state_of(model)), _facts(model)))
         while not scheme.closed:
             if scheme.receive(0.05):
-                ctl.send(("state", receiver.version, state_of(model), dist.is_initialized()))
+                ctl.send(("state", receiver.version, _on_cpu(state_of(model)), _facts(model)))
         ctl.send(("closed",))
         scheme.shutdown()
     except Exception as err:
         ctl.send(("error", type(err).__name__, str(err)))
+
+
+def _on_cpu(state: dict) -> dict:
+    return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def _facts(model) -> dict:
+    devices = {str(t.device) for t in (*model.parameters(), *model.buffers())}
+    return {"default_group": dist.is_initialized(), "devices": devices}
 
 
 def serve_commands(scheme, worker_id: int, bind: str | None, ctl, seed: int = 1) -> None:

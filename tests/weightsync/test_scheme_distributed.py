@@ -45,10 +45,10 @@ def test_broadcast_reaches_every_worker_exactly_on_a_private_group(procs, strate
         controls.append(here)
     scheme.connect()
     for ctl in controls:  # the initial weights
-        _, version, state, default_group = expect_reply(ctl, "report")
+        _, version, state, facts = expect_reply(ctl, "report")
         assert version == 1
         assert_same_state(state, state_of(trainer_model))
-        assert not default_group, "the scheme must not initialise the default process group"
+        assert not facts["default_group"], "the scheme must not initialise the default group"
     for step in range(2, 5):
         perturb(trainer_model, step)
         scheme.send()

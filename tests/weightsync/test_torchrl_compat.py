@@ -51,8 +51,9 @@ def test_torchrl_constructor_arguments():
     shared = SharedMemWeightSyncScheme(strategy="tensordict", sync=False, per_worker_weights=True)
     assert (shared.sync, shared.per_worker_weights) == (False, True)
     assert DistributedWeightSyncScheme(backend="gloo", sync=True).distributed_backend == "gloo"
-    with pytest.raises(ValueError, match="backend='nccl' is not supported"):
-        DistributedWeightSyncScheme(backend="nccl")
+    assert DistributedWeightSyncScheme(backend="nccl").distributed_backend == "nccl"
+    with pytest.raises(ValueError, match="backend='mpi' is not one of"):
+        DistributedWeightSyncScheme(backend="mpi")
     with pytest.raises(TypeError, match="strategy='state_dict'"):
         SharedMemWeightSyncScheme("state_dict")  # TorchRL's positional order
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import nn
+
 from weightsync.launch import LaunchInfo
 from weightsync.schemes.base import WeightSyncScheme
+from weightsync.transports.c10d import nccl_usable
 from weightsync.transports.distributed import DistributedReceiver, DistributedSender
 
 
@@ -30,8 +34,12 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
             sets it per worker.
         join_timeout: seconds to reach the store and join (default: ``timeout``).
         worker_id: this worker's index, if known when built (``from_env`` sets it).
-        backend: the ``torch.distributed`` backend (TorchRL's argument); only ``"gloo"``,
-            which moves the CPU flat buffer.
+        backend: how GPU weights travel (TorchRL's argument). None (default): a CUDA model's
+            buffer stays on its GPU and crosses over NCCL to every worker whose model is on a
+            GPU; others (and every worker when this process has no NCCL) get a copy through
+            host memory, with a warning. ``"nccl"``: the same, but an error where NCCL is
+            missing. ``"gloo"``: always through host memory. Control messages, and CPU models,
+            always travel over gloo.
         strategy, timeout, reject_non_finite, bind_source, sync: see WeightSyncScheme.
 
     Example (one line per process, under ``torchrun --nproc-per-node=3 script.py``)::
@@ -54,14 +62,14 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         bind: str | None = None,
         join_timeout: float | None = None,
         worker_id: int | None = None,
-        backend: str = "gloo",
+        backend: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(strategy, **kwargs)
-        if backend != "gloo":
+        if backend not in (None, "gloo", "nccl"):
             raise ValueError(
-                f"DistributedWeightSyncScheme moves weights over gloo; backend={backend!r} is not "
-                "supported (use backend='gloo')"
+                f"DistributedWeightSyncScheme: backend={backend!r} is not one of None (NCCL for "
+                "GPU weights where available), 'nccl' or 'gloo'"
             )
         self.distributed_backend = backend
         self.num_workers = num_workers
@@ -107,12 +115,23 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         self.bind = kwargs.pop("bind", self.bind)
         super().init_on_receiver(model_id, context, **kwargs)
 
+    def _use_nccl(self) -> bool:
+        """Whether GPU weights may cross over NCCL from/to this process."""
+        if self.distributed_backend == "gloo":
+            return False
+        if self.distributed_backend == "nccl" and not nccl_usable():
+            raise RuntimeError(
+                "DistributedWeightSyncScheme(backend='nccl'): this process has no CUDA device or "
+                "its torch has no NCCL; use backend=None (NCCL where available) or 'gloo'"
+            )
+        return nccl_usable()
+
     def _build_sender_transport(
         self, pipes: list | None, num_workers: int | None
     ) -> DistributedSender:
         transport = DistributedSender(
             num_workers or self.num_workers, self.host, self.port, self.timeout,
-            join_timeout=self.join_timeout, bind=self.bind,
+            join_timeout=self.join_timeout, bind=self.bind, use_nccl=self._use_nccl(),
         )  # fmt: skip
         self.num_workers, self.port = len(transport.links), transport.port
         return transport
@@ -130,8 +149,9 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
                 "init_on_sender() (which picks the port), or build it with port=<the port>"
             )
         transport = DistributedReceiver(
-            self.worker_id, self.host, self.port, join_timeout=self.join_timeout, bind=self.bind
-        )
+            self.worker_id, self.host, self.port, join_timeout=self.join_timeout, bind=self.bind,
+            device=_gpu_of(self._model) if self._use_nccl() else None,
+        )  # fmt: skip
         transport.model_id = self.model_id
         return transport
 
@@ -146,3 +166,11 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         elif timeout is None:  # the trainer sends once every worker has joined
             timeout = self.join_timeout + self.timeout
         super().connect(timeout)
+
+
+def _gpu_of(model: Any) -> torch.device | None:
+    """The one GPU ``model``'s tensors live on (updates are received there), else None."""
+    if not isinstance(model, nn.Module):
+        return None
+    devices = {t.device for t in (*model.parameters(), *model.buffers())}
+    return devices.pop() if len(devices) == 1 and next(iter(devices)).type == "cuda" else None

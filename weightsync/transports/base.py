@@ -54,6 +54,9 @@ class SenderTransport(Protocol):
 
     #: False for a transport that moves nothing (``sync=none``): the sender then extracts nothing.
     carries_weights: bool
+    #: True when the transport places GPU weights itself (and warns when it copies them through
+    #: host memory); False: its buffers are in host memory, and the sender warns.
+    device_direct: bool
 
     @property
     def acked_versions(self) -> dict[int, int | None]:

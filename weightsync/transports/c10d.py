@@ -7,7 +7,9 @@ The distributed transport (and the experiment framework's rollout channel) are m
 * :class:`Link` is a private two-rank gloo process group between the trainer (rank 0) and one
   worker (rank 1), built from the store under its own key prefix. Each process binds its own
   interface: torch's default device selection (``GLOO_SOCKET_IFNAME`` honoured) or an explicit
-  address or interface name (``bind``). A worker that dies breaks only its own link;
+  address or interface name (``bind``). A worker that dies breaks only its own link. CUDA
+  tensors cross on a second, NCCL, group of the same two ranks (``NCCL_SOCKET_IFNAME``
+  honoured), built at the first CUDA tensor: GPU to GPU, no copy through host memory;
 * every control message is a small ``int64`` tensor (:func:`header`), and a buffer's layout
   crosses as JSON (:func:`encode_layout` / :func:`decode_layout`), never as a pickle: reaching
   the port does not let anyone run code in a worker.
@@ -78,12 +80,26 @@ def _device(bind: str) -> Any:
     return dist.ProcessGroupGloo.create_device(hostname=bind)
 
 
+def nccl_usable() -> bool:
+    """Whether this process can move CUDA tensors over NCCL (a GPU and an NCCL build of torch)."""
+    return torch.cuda.is_available() and dist.is_nccl_available()
+
+
+def gpu_uuid(device: torch.device) -> str:
+    """The UUID of a CUDA device: the same GPU has the same one in every process of a host."""
+    return str(torch.cuda.get_device_properties(device).uuid)
+
+
 class Link:
-    """A private two-rank gloo group between the trainer (rank 0) and one worker (rank 1).
+    """A private two-rank gloo group between the trainer (rank 0) and one worker (rank 1), and
+    an NCCL group of the same ranks for CUDA tensors.
 
     Built from ``store`` under ``prefix``; the constructor blocks until the peer has joined (at
     most ``timeout`` s). Afterwards receives wait without a time limit (an idle peer is not a
-    dead one); a peer that dies ends every pending operation with an error at once.
+    dead one); a peer that dies ends every pending gloo operation with an error at once. The
+    NCCL group is built when the first CUDA tensor is sent or received (both peers then join it
+    through the store); it cannot see a peer die, so whoever learns of it from gloo calls
+    :meth:`abort`.
 
     Args:
         store: the trainer's store (or a client of it).
@@ -98,8 +114,10 @@ class Link:
         self, store: dist.Store, prefix: str, rank: int, *, timeout: float, bind: str | None
     ):
         self.prefix = prefix
+        self.rank = rank
+        self.peer = 1 - rank
         self._store = store
-        prefixed = dist.PrefixStore(prefix, store)
+        prefixed = dist.PrefixStore(f"{prefix}/gloo", store)
         wait = datetime.timedelta(seconds=timeout)
         if bind is None:
             self.group = dist.ProcessGroupGloo(prefixed, rank, 2, wait)
@@ -109,21 +127,43 @@ class Link:
             options._devices = [_device(bind)]
             self.group = dist.ProcessGroupGloo(prefixed, rank, 2, options)
         self.group._set_default_timeout(_IDLE_WAIT)
-        self.peer = 1 - rank
+        self._nccl: Any = None
 
     def send(self, tensor: torch.Tensor, tag: int) -> Any:
-        """Start sending ``tensor``; returns the work (keep ``tensor`` alive until it is done)."""
-        return self.group.send([tensor], self.peer, tag)
+        """Start sending ``tensor``; returns the work (keep ``tensor`` alive until it is done).
+
+        A CUDA tensor is read on NCCL's stream, after the work already queued on the current one.
+        """
+        return self._group_for(tensor).send([tensor], self.peer, tag)
 
     def recv(self, tensor: torch.Tensor, tag: int) -> None:
-        """Receive into ``tensor`` (blocking; raises RuntimeError when the peer is gone)."""
-        self.group.recv([tensor], self.peer, tag).wait()
+        """Receive into ``tensor`` (blocking; raises RuntimeError when the peer is gone). A CUDA
+        tensor holds the bytes when this returns, whatever stream reads it next."""
+        self._group_for(tensor).recv([tensor], self.peer, tag).wait()
+        if tensor.is_cuda:
+            torch.cuda.current_stream(tensor.device).synchronize()
 
-    def forget_keys(self) -> None:
-        """Delete this link's rendezvous keys from the store (both ranks have connected)."""
+    def forget_keys(self, group: str = "gloo") -> None:
+        """Delete the rendezvous keys of this link's ``"gloo"`` or ``"nccl"`` group from the
+        store (both ranks have joined it)."""
         for key in self._store.list_keys():
-            if key.startswith(self.prefix + "/"):
+            if key.startswith(f"{self.prefix}/{group}/"):
                 self._store.delete_key(key)
+
+    def abort(self) -> None:
+        """The peer is gone: end the NCCL group's pending transfers, which wait for it forever."""
+        if self._nccl is not None:
+            self._nccl.abort()
+
+    def _group_for(self, tensor: torch.Tensor) -> Any:
+        if not tensor.is_cuda:
+            return self.group
+        if self._nccl is None:
+            options = dist.ProcessGroupNCCL.Options()
+            options._timeout = _IDLE_WAIT  # a busy peer is not a dead one; see abort()
+            prefixed = dist.PrefixStore(f"{self.prefix}/nccl", self._store)
+            self._nccl = dist.ProcessGroupNCCL(prefixed, self.rank, 2, options)
+        return self._nccl
 
 
 def header(kind: int, version: int = 0, length: int = 0, extra: int = 0) -> torch.Tensor:

@@ -8,6 +8,10 @@ two-rank gloo :class:`~weightsync.transports.c10d.Link` (never the user's defaul
 update is a header, the layout as JSON when it changed, and the flat buffer in one ``send`` per
 worker, all asynchronous: ``send_async`` returns at once.
 
+A CUDA model's buffer stays on its GPU: it crosses on the link's NCCL group to every worker
+whose model is on a GPU too (the worker says so when it joins), GPU to GPU. A worker without
+one, or a trainer without NCCL, gets it through a host copy, with a warning.
+
 Each worker runs a receiving thread that takes the update into the buffer its model is not
 using while the worker acts, then tells the trainer ``busy`` unless the worker is waiting in
 ``receive()``; ``receive()`` only adopts the complete buffer (zero copy) and answers ``applied``
@@ -23,6 +27,7 @@ import enum
 import logging
 import threading
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -42,6 +47,7 @@ from weightsync.transports.c10d import (
     decode_layout,
     empty_header,
     encode_layout,
+    gpu_uuid,
     header,
     open_store,
 )
@@ -57,7 +63,7 @@ class Msg(enum.IntEnum):
 
     UPDATE = 1  # trainer: a version follows (its layout first, when it changed)
     CLOSE = 2  # trainer: no more updates
-    HELLO = 3  # worker: joined (the link's rendezvous keys may go)
+    HELLO = 3  # worker: joined (the link's rendezvous keys may go); then its GPU's UUID, if any
     BUSY = 4  # worker: holds the version complete, adopts it at its next receive()
     APPLIED = 5  # worker: its model now holds the version
     REFUSED = 6  # worker: refused the version (the reason follows)
@@ -79,6 +85,9 @@ class _TrainerLink:
         self.failure: str | None = None  # why this worker can no longer be reached
         self.answers: dict[int, str] = {}  # version -> "busy", "applied" or a refusal
         self.acked: int | None = None
+        self.said_hello = False
+        self.gpu: str | None = None  # the UUID of the GPU the worker receives on, if any
+        self.first_cuda_version: int | None = None  # the first update sent over NCCL
         self.layout_sent: bytes | None = None
         self.works: list[tuple[Any, list[torch.Tensor]]] = []  # sends in flight, tensors kept
         self._send_lock = threading.Lock()
@@ -91,12 +100,25 @@ class _TrainerLink:
     def usable(self) -> bool:
         return self.link is not None and self.failure is None
 
+    @property
+    def joined(self) -> bool:
+        """The worker said hello (or can no longer be reached)."""
+        return self.said_hello or self.failure is not None
+
     def send(self, *tensors: torch.Tensor) -> None:
         """Queue ``tensors`` to the worker, in order, without waiting."""
         with self._send_lock:
             self.works = [(w, t) for w, t in self.works if not w.is_completed()]
             for tensor in tensors:
                 self.works.append((self.link.send(tensor, DATA), [tensor]))
+
+    def order_after_sends(self) -> None:
+        """Make the current CUDA stream wait for this link's NCCL sends: the trainer's next
+        writes to the buffer (``optimizer.step()``) then never race a send still reading it."""
+        with self._send_lock:
+            for work, tensors in self.works:
+                if tensors[0].is_cuda:
+                    work.wait()
 
     def sending_from(self, buffer: FlatBuffer) -> bool:
         """Whether a send reading ``buffer`` may still be in flight."""
@@ -132,7 +154,11 @@ class _TrainerLink:
             link.recv(msg, ANSWER)
             kind, version, length, _ = msg.tolist()
             if kind == Msg.HELLO:
-                link.forget_keys()
+                link.forget_keys("gloo")
+                gpu = _recv_text(link, length) if length else None
+                with owner.cond:
+                    self.said_hello, self.gpu = True, gpu
+                    owner.cond.notify_all()
                 continue
             if kind == Msg.BYE:
                 return
@@ -142,9 +168,11 @@ class _TrainerLink:
                 continue
             answer = {Msg.BUSY: "busy", Msg.APPLIED: "applied"}.get(kind)
             if kind == Msg.REFUSED:
-                reason = torch.empty(length, dtype=torch.uint8)
-                link.recv(reason, ANSWER)
-                answer = bytes(reason.numpy()).decode(errors="replace")
+                answer = _recv_text(link, length)
+            first_cuda = self.first_cuda_version
+            if kind in (Msg.BUSY, Msg.APPLIED) and first_cuda is not None and version >= first_cuda:
+                link.forget_keys("nccl")  # the worker received over NCCL: both ranks joined it
+                self.first_cuda_version = -1
             with owner.cond:
                 if kind == Msg.APPLIED:
                     self.acked = max(version, self.acked or 0)
@@ -158,6 +186,8 @@ class _TrainerLink:
         with self.owner.cond:
             self.failure = self.failure or reason
             self.owner.cond.notify_all()
+        if self.link is not None:
+            self.link.abort()
 
 
 class DistributedSender:
@@ -171,9 +201,12 @@ class DistributedSender:
         join_timeout: seconds each worker has to join its link.
         bind: this process's address or interface for its links; None: torch's default
             (``GLOO_SOCKET_IFNAME`` honoured).
+        use_nccl: keep a CUDA model's buffer on its GPU and send it over NCCL to the workers
+            that take CUDA data; False: every update goes through host memory.
     """
 
     carries_weights = True
+    device_direct = True  # CUDA weights: this transport chooses, and warns when it stages them
 
     def __init__(
         self,
@@ -184,12 +217,14 @@ class DistributedSender:
         *,
         join_timeout: float,
         bind: str | None = None,
+        use_nccl: bool = False,
     ):
         if num_workers < 1:
             raise ValueError(f"the distributed scheme needs num_workers >= 1, got {num_workers}")
         self.timeout = timeout
         self.join_timeout = join_timeout
         self.bind = bind
+        self.use_nccl = use_nccl
         self.store = open_store(host, port, is_master=True, timeout=join_timeout)
         self.port = self.store.port
         self.cond = threading.Condition()
@@ -197,6 +232,8 @@ class DistributedSender:
         self.waiting_for: set[int] = set()  # versions whose answers are recorded
         self.staging: FlatBuffer | None = None  # the buffer the trainer's model may live in
         self._given: FlatBuffer | None = None  # where weights passed to send() are staged
+        self._host: FlatBuffer | None = None  # a CUDA buffer's copy, for workers without CUDA
+        self._warned: set[str] = set()
         self._retired: list[FlatBuffer] = []
         self._layout: tuple[FlatBuffer, bytes] | None = None  # the staging buffer's JSON layout
         self._in_flight: tuple[str, int, list[int], FlatBuffer] | None = None
@@ -208,14 +245,15 @@ class DistributedSender:
             return {w: link.acked for w, link in self.links.items()}
 
     def rendezvous(self, timeout: float | None = None) -> None:
-        """Block until every worker has joined its link; SyncTimeoutError naming the others."""
+        """Block until every worker has joined its link and said hello; SyncTimeoutError naming
+        the others."""
         deadline = time.monotonic() + (self.join_timeout if timeout is None else timeout)
         with self.cond:
-            while not all(link.link or link.failure for link in self.links.values()):
+            while not all(link.joined for link in self.links.values()):
                 if not self.cond.wait(max(0.0, deadline - time.monotonic())):
                     break
             missing = {w: link.failure or "did not join" for w, link in self.links.items()
-                       if not link.usable}  # fmt: skip
+                       if not (link.usable and link.joined)}  # fmt: skip
         if missing:
             lines = "; ".join(f"worker {w} {why}" for w, why in sorted(missing.items()))
             raise SyncTimeoutError(
@@ -226,16 +264,43 @@ class DistributedSender:
 
     def source_buffer(self, weights: FlatWeights) -> FlatBuffer | None:
         """The buffer the trainer's model may live in: sends then copy nothing."""
-        if self.staging is None or self.staging.mismatches(weights):
-            self.staging = FlatBuffer.for_weights(weights, shared=False)
+        device = self._device_for(weights)
+        if self.staging is None or self._misfits(self.staging, weights, device):
+            self.staging = FlatBuffer.for_weights(weights, shared=False, device=device)
         return self.staging
 
     def _given_buffer(self, weights: FlatWeights) -> FlatBuffer:
         """A buffer of its own for weights passed to ``send()``: never the one the trainer's
         model lives in, which those weights must not overwrite."""
-        if self._given is None or self._given.mismatches(weights):
-            self._given = FlatBuffer.for_weights(weights, shared=False)
+        device = self._device_for(weights)
+        if self._given is None or self._misfits(self._given, weights, device):
+            self._given = FlatBuffer.for_weights(weights, shared=False, device=device)
         return self._given
+
+    @staticmethod
+    def _misfits(buffer: FlatBuffer, weights: FlatWeights, device: torch.device) -> bool:
+        return buffer.data.device != device or bool(buffer.mismatches(weights))
+
+    def _device_for(self, weights: FlatWeights) -> torch.device:
+        """Where the buffer for ``weights`` lives: their GPU when they are all on one and NCCL
+        may carry them, else host memory (CUDA weights then staged, with a warning)."""
+        devices = {t.device for t in weights.tensors.values()}
+        on_gpu = any(d.type == "cuda" for d in devices)
+        if on_gpu and len(devices) == 1 and self.use_nccl:
+            return devices.pop()
+        if on_gpu:
+            self._warn_once(
+                "host",
+                "the model lives on the GPU but this trainer cannot send it over NCCL (no NCCL, "
+                "backend='gloo', or its tensors are on several devices): every update is copied "
+                "through host memory",
+            )
+        return torch.device("cpu")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=5)
 
     def retired(self, buffer: FlatBuffer) -> bool:
         """True for a buffer a timed-out worker's send may still read from."""
@@ -271,21 +336,50 @@ class DistributedSender:
             self.waiting_for = {version}
             for link in self.links.values():
                 link.answers.clear()
+        direct = self._nccl_targets(buffer, targets)
+        host = self._host_copy(buffer, [w for w in targets if w not in direct])
         for w in targets:
             link = self.links[w]
             if not link.usable:
                 continue  # named by finish()
+            data = buffer.data if w in direct or host is None else host.data
+            if data.is_cuda and link.first_cuda_version is None:
+                link.first_cuda_version = version
             fresh = link.layout_sent != layout
-            message = header(Msg.UPDATE, version, len(layout) if fresh else 0)
+            message = header(Msg.UPDATE, version, len(layout) if fresh else 0, int(data.is_cuda))
             try:
                 if fresh:
-                    link.send(message, as_bytes(layout), buffer.data)
+                    link.send(message, as_bytes(layout), data)
                     link.layout_sent = layout
                 else:
-                    link.send(message, buffer.data)
+                    link.send(message, data)
             except RuntimeError as err:
                 link._fail(f"cannot be sent to ({_first_line(err)})")
         self._in_flight = (model_id, version, targets, buffer)
+
+    def _nccl_targets(self, buffer: FlatBuffer, targets: list[int]) -> set[int]:
+        """The workers a GPU buffer goes to over NCCL: those receiving on a GPU other than the
+        buffer's (NCCL refuses two ranks on one GPU: those on the trainer's get a host copy)."""
+        if not buffer.data.is_cuda or not self.use_nccl:
+            return set()
+        own = gpu_uuid(buffer.data.device)
+        return {w for w in targets if self.links[w].gpu not in (None, own)}
+
+    def _host_copy(self, buffer: FlatBuffer, workers: list[int]) -> FlatBuffer | None:
+        """For a buffer on the GPU, the host copy sent to ``workers`` (those without CUDA data);
+        None when nobody needs one."""
+        if not buffer.data.is_cuda or not workers:
+            return None
+        self._warn_once(
+            "workers",
+            f"worker(s) {workers} cannot take the model on a GPU over NCCL (their model is not on "
+            "a GPU, they have no NCCL, or their GPU is the trainer's): they get each update "
+            "through a copy in host memory",
+        )
+        if self._host is None or self._host.layout != buffer.layout:
+            self._host = FlatBuffer(buffer.layout, extra_keys=buffer.extra_keys, shared=False)
+        self._host.data.copy_(buffer.data)
+        return self._host
 
     def finish(self, timeout: float | None = None) -> None:
         """Wait until every chosen worker holds the update (applied, or complete and waiting
@@ -315,6 +409,12 @@ class DistributedSender:
                 self.staging = None
             else:
                 self._given = None
+        if self._host is not None and any(self.links[w].sending_from(self._host) for w in pending):
+            self._host = None  # the same: the next update gets a fresh host copy
+        if buffer.data.is_cuda:
+            for w in targets:
+                if w not in pending and w not in dead:
+                    self.links[w].order_after_sends()
         problems = [f"worker {w} {why}" for w, why in sorted(dead.items())]
         problems += [
             f"worker {w} did not receive version {version} of model {model_id!r} within "
@@ -331,9 +431,12 @@ class DistributedSender:
             raise WorkerRejectedError(model_id, version, refused)
 
     def remove_workers(self, worker_ids: list[int]) -> None:
-        """Go on without these workers: their links are left alone, never sent to again."""
+        """Go on without these workers: their links are never sent to again (a transfer to one
+        still pending on the GPU is aborted)."""
         for w in worker_ids:
-            self.links.pop(w, None)
+            link = self.links.pop(w, None)
+            if link is not None and link.link is not None:
+                link.link.abort()
 
     def close(self) -> None:
         """Tell every worker no more updates come, wait (bounded) for them to say goodbye."""
@@ -357,15 +460,25 @@ class DistributedReceiver:
         host, port: where the trainer's store listens.
         join_timeout: seconds to reach the store and join the link.
         bind: this process's address or interface; None: torch's default.
+        device: the GPU this worker's model lives on, to take CUDA updates over NCCL into it;
+            None: updates arrive in host memory.
     """
 
     carries_weights = True
 
     def __init__(
-        self, worker_id: int, host: str, port: int, *, join_timeout: float, bind: str | None
+        self,
+        worker_id: int,
+        host: str,
+        port: int,
+        *,
+        join_timeout: float,
+        bind: str | None,
+        device: torch.device | None = None,
     ):
         self.worker_id = worker_id
         self.model_id = ""
+        self.device = device
         self._cond = threading.Condition()
         self._closed = False
         self._error: WeightSyncError | None = None
@@ -445,7 +558,11 @@ class DistributedReceiver:
                 )
             )
             return
-        self._answer(header(Msg.HELLO))
+        if self.device is None:
+            self._answer(header(Msg.HELLO))
+        else:
+            gpu = as_bytes(gpu_uuid(self.device))
+            self._answer(header(Msg.HELLO, length=len(gpu)), gpu)
         try:
             while self._receive_one(self._link):
                 pass
@@ -468,14 +585,16 @@ class DistributedReceiver:
         """Receive the next message; False once the trainer closed."""
         msg = empty_header()
         link.recv(msg, DATA)
-        kind, version, layout_len, _ = msg.tolist()
+        kind, version, layout_len, on_gpu = msg.tolist()
         if kind == Msg.CLOSE:
             return False
         if layout_len:
             raw = torch.empty(layout_len, dtype=torch.uint8)
             link.recv(raw, DATA)
             self._layout = decode_layout(bytes(raw.numpy()))
-        target = self._spare()
+        if on_gpu and self.device is None:
+            raise ValueError("the trainer sent a GPU update to a worker that takes none")
+        target = self._spare(self.device if on_gpu else torch.device("cpu"))
         link.recv(target.data, DATA)
         with self._cond:
             self._ready = Update(self.model_id, version, target, zero_copy=True)
@@ -485,22 +604,28 @@ class DistributedReceiver:
             self._answer(header(Msg.BUSY, version))
         return True
 
-    def _spare(self) -> FlatBuffer:
-        """A buffer to receive into: the one holding a superseded, unadopted update, or one the
-        model does not use (waiting while the main thread adopts an update: microseconds)."""
+    def _spare(self, device: torch.device) -> FlatBuffer:
+        """A buffer on ``device`` to receive into: the one holding a superseded, unadopted
+        update, or one the model does not use (waiting while the main thread adopts an update:
+        microseconds)."""
         layout, extra_keys = self._layout
+
+        def fits(buffer: FlatBuffer) -> bool:
+            return buffer.layout == layout and buffer.data.device == device
+
         with self._cond:
             while self._taken is not None and self._error is None:
                 self._cond.wait()
             if self._ready is not None:  # superseded before it was adopted: coalesce
                 target, self._ready = self._ready.buffer, None
-                if target.layout == layout:
+                if fits(target):
                     return target
-            self._buffers = [b for b in self._buffers if b.layout == layout]
+            self._buffers = [b for b in self._buffers if fits(b)]
             for buffer in self._buffers:
                 if buffer is not self._active:
                     return buffer
-            buffer = FlatBuffer(layout, extra_keys=extra_keys, shared=False)
+            data = layout.allocate(shared=False, device=device)
+            buffer = FlatBuffer(layout, data, extra_keys=extra_keys)
             self._buffers.append(buffer)
             return buffer
 
@@ -527,6 +652,12 @@ class DistributedReceiver:
             else:
                 self._error = self._error or error
             self._cond.notify_all()
+
+
+def _recv_text(link: Link, length: int) -> str:
+    raw = torch.empty(length, dtype=torch.uint8)
+    link.recv(raw, ANSWER)
+    return bytes(raw.numpy()).decode(errors="replace")
 
 
 def _first_line(err: BaseException) -> str:

@@ -24,6 +24,7 @@ class NullSender:
     """Trainer side: every send is accepted and moves nothing."""
 
     carries_weights = False
+    device_direct = False
 
     def __init__(self, pipes: list[Connection] | None = None):
         self._pipes = list(pipes or [])

@@ -371,6 +371,7 @@ class PipeBroadcast:
     """
 
     carries_weights = True
+    device_direct = False
 
     def __init__(self, pipes: list[Connection], timeout: float = 10.0):
         self.links = [MPTransport(p, timeout, worker_id=i) for i, p in enumerate(pipes)]

@@ -199,6 +199,7 @@ class SharedMemTransport:
     """
 
     carries_weights = True
+    device_direct = False
 
     def __init__(
         self,
