@@ -87,8 +87,10 @@ class DistributedSyncConfig(SyncConfig):
 
     None means "from the launch": ``host`` the master address, ``port`` the master port + 1,
     ``join_timeout`` ``run.startup_timeout``. ``bind`` is this process's own address or network
-    interface (default: torch's choice; ``GLOO_SOCKET_IFNAME`` honoured). ``backend``: how a
-    GPU model travels (null: NCCL where both ends have it; ``nccl``; ``gloo``: through host memory).
+    interface (default: torch's choice; ``GLOO_SOCKET_IFNAME`` honoured). ``heartbeat``: seconds
+    between the trainer's heartbeats (a worker hearing none for four counts it lost; 0: none).
+    ``backend``: how a GPU model travels (null: NCCL where both ends have it; ``nccl``; ``gloo``:
+    through host memory).
     """
 
     _target_: str = "weightsync.DistributedWeightSyncScheme"
@@ -96,6 +98,7 @@ class DistributedSyncConfig(SyncConfig):
     port: int | None = None
     bind: str | None = None
     join_timeout: float | None = None
+    heartbeat: float = from_constructor(DistributedWeightSyncScheme, "heartbeat")
     backend: str | None = from_constructor(DistributedWeightSyncScheme, "backend")
 
 

@@ -54,7 +54,8 @@ def serve_commands(scheme, worker_id: int, bind: str | None, ctl, seed: int = 1)
 
     ``("receive", timeout)`` -> ``("state", version, state)`` after one ``receive``;
     ``("busy", seconds)`` -> act without receiving for that long, then ``("done",)``;
-    ``("follow",)`` -> receive until the trainer is gone or closes, then ``("gone", error type)``;
+    ``("follow",)`` -> receive until the trainer is gone or closes, then ``("gone", "closed", "")``
+    or ``("gone", error type, message)``;
     ``("stop",)`` -> shut down and ``("closed",)``. Anything raised: ``("error", type, msg)``.
     """
     try:
@@ -75,9 +76,9 @@ def serve_commands(scheme, worker_id: int, bind: str | None, ctl, seed: int = 1)
                 try:
                     while not scheme.closed:
                         scheme.receive(0.5)
-                    ctl.send(("gone", "closed"))
+                    ctl.send(("gone", "closed", ""))
                 except PeerDiedError as err:
-                    ctl.send(("gone", type(err).__name__))
+                    ctl.send(("gone", type(err).__name__, str(err)))
                 return
             elif command == "stop":
                 scheme.shutdown()
@@ -105,12 +106,12 @@ def exit_without_shutdown(scheme, worker_id: int, ctl) -> None:
         pass
 
 
-def run_trainer(num_workers: int, timeout: float, ctl) -> None:
+def run_trainer(num_workers: int, timeout: float, ctl, heartbeat: float = 5.0) -> None:
     """A trainer process: picks a free port, reports it, connects, then sends on ``("send",)``."""
     try:
         model = make_model(0)
         scheme = DistributedWeightSyncScheme(
-            num_workers=num_workers, timeout=timeout, join_timeout=60
+            num_workers=num_workers, timeout=timeout, join_timeout=60, heartbeat=heartbeat
         )
         scheme.init_on_sender("policy", model=model)
         ctl.send(("port", scheme.port))

@@ -27,6 +27,7 @@ from weightsync import (
     SyncTimeoutError,
     WorkerRejectedError,
 )
+from weightsync.schemes.distributed import SILENT_HEARTBEATS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -184,10 +185,8 @@ def test_every_worker_exits_when_the_trainer_is_killed(procs):
         ctl.send(("follow",))
     os.kill(trainer.pid, signal.SIGKILL)
     for process, ctl in workers:
-        assert expect_reply(ctl, "notice the trainer died", timeout=timeout) == (
-            "gone",
-            "PeerDiedError",
-        )
+        reply = expect_reply(ctl, "notice the trainer died", timeout=timeout)
+        assert reply[:2] == ("gone", "PeerDiedError"), reply
         process.join(timeout)
         assert process.exitcode == 0
 
@@ -217,6 +216,31 @@ def test_a_worker_exiting_without_shutdown_ends_its_receiving_thread_first(procs
         assert (kind, error) == ("error", "PeerDiedError") and "worker 0" in message, message
 
 
+def test_a_worker_notices_a_trainer_gone_silent_by_its_missing_heartbeats(procs):
+    """A trainer host that loses power closes no socket: nothing tells the workers. SIGSTOP
+    stands in for it. While the trainer lives, its heartbeats keep an idle worker waiting."""
+    heartbeat = 0.25
+    trainer_ctl, there = procs.pipe()
+    trainer = procs.start(run_trainer, 1, 10.0, there, heartbeat)
+    _, port = expect_reply(trainer_ctl, "pick a port")
+    scheme = DistributedWeightSyncScheme(
+        num_workers=1, port=port, timeout=10, join_timeout=60, heartbeat=heartbeat
+    )
+    [(_, ctl)] = _start_workers(procs, scheme, [None])
+    assert expect_reply(trainer_ctl, "connect") == ("connected",)
+    expect_reply(ctl, "report")
+    ctl.send(("follow",))
+    silence = SILENT_HEARTBEATS * heartbeat
+    assert not ctl.poll(3 * silence), "the worker gave up on a live, idle trainer"
+    os.kill(trainer.pid, signal.SIGSTOP)
+    try:
+        kind, error, message = expect_reply(ctl, "notice the silence", timeout=30)
+    finally:
+        os.kill(trainer.pid, signal.SIGKILL)
+    assert (kind, error) == ("gone", "PeerDiedError")
+    assert f"heard nothing from the trainer for {silence:g} s" in message, message
+
+
 def test_an_idle_worker_costs_no_measurable_cpu(procs):
     scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30)
     scheme.init_on_sender("policy", model=make_model(seed=0))
@@ -230,7 +254,7 @@ def test_an_idle_worker_costs_no_measurable_cpu(procs):
     used = cpu_seconds(process.pid) - before
     assert used < 0.1, f"an idle worker used {used:.2f} s of CPU in 2 s"
     scheme.shutdown()
-    assert expect_reply(ctl, "see the trainer close") == ("gone", "closed")
+    assert expect_reply(ctl, "see the trainer close") == ("gone", "closed", "")
 
 
 def test_bind_takes_an_interface_name(procs):

@@ -12,6 +12,9 @@ from weightsync.schemes.base import WeightSyncScheme
 from weightsync.transports.c10d import nccl_usable
 from weightsync.transports.distributed import DistributedReceiver, DistributedSender
 
+#: Heartbeats a worker misses before it counts the trainer as lost.
+SILENT_HEARTBEATS = 4
+
 
 class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
     """Send weights from the trainer to workers on other machines over ``torch.distributed``.
@@ -33,6 +36,10 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
             torch's choice, honouring ``GLOO_SOCKET_IFNAME``. ``init_on_receiver(bind=...)``
             sets it per worker.
         join_timeout: seconds to reach the store and join (default: ``timeout``).
+        heartbeat: seconds between the trainer's heartbeats on an idle link; a worker that hears
+            nothing, heartbeats included, for four of them counts the trainer as lost (its
+            host went down without closing its sockets): ``receive()`` raises PeerDiedError.
+            0: no heartbeat, workers wait for the trainer forever.
         worker_id: this worker's index, if known when built (``from_env`` sets it).
         backend: how GPU weights travel (TorchRL's argument). None (default): a CUDA model's
             buffer stays on its GPU and crosses over NCCL to every worker whose model is on a
@@ -61,6 +68,7 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         *,
         bind: str | None = None,
         join_timeout: float | None = None,
+        heartbeat: float = 5.0,
         worker_id: int | None = None,
         backend: str | None = None,
         **kwargs: Any,
@@ -77,6 +85,9 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         self.port = port or 0
         self.bind = bind
         self.join_timeout = self.timeout if join_timeout is None else join_timeout
+        if heartbeat < 0:
+            raise ValueError(f"heartbeat must be >= 0 seconds (0: none), got {heartbeat}")
+        self.heartbeat = heartbeat
         self.worker_id = worker_id
 
     @classmethod
@@ -132,6 +143,7 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         transport = DistributedSender(
             num_workers or self.num_workers, self.host, self.port, self.timeout,
             join_timeout=self.join_timeout, bind=self.bind, use_nccl=self._use_nccl(),
+            heartbeat=self.heartbeat,
         )  # fmt: skip
         self.num_workers, self.port = len(transport.links), transport.port
         return transport
@@ -151,6 +163,7 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         transport = DistributedReceiver(
             self.worker_id, self.host, self.port, join_timeout=self.join_timeout, bind=self.bind,
             device=_gpu_of(self._model) if self._use_nccl() else None,
+            silence=SILENT_HEARTBEATS * self.heartbeat or None,
         )  # fmt: skip
         transport.model_id = self.model_id
         return transport

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import socket
+import time
 from typing import Any
 
 import torch
@@ -136,10 +137,21 @@ class Link:
         """
         return self._group_for(tensor).send([tensor], self.peer, tag)
 
-    def recv(self, tensor: torch.Tensor, tag: int) -> None:
-        """Receive into ``tensor`` (blocking; raises RuntimeError when the peer is gone). A CUDA
-        tensor holds the bytes when this returns, whatever stream reads it next."""
-        self._group_for(tensor).recv([tensor], self.peer, tag).wait()
+    def recv(self, tensor: torch.Tensor, tag: int, timeout: float | None = None) -> None:
+        """Receive into ``tensor`` (blocking; raises RuntimeError when the peer is gone, and
+        TimeoutError when ``timeout`` s pass first). A CUDA tensor holds the bytes when this
+        returns, whatever stream reads it next."""
+        work = self._group_for(tensor).recv([tensor], self.peer, tag)
+        if timeout is None:
+            work.wait()
+        else:
+            started = time.monotonic()
+            try:
+                work.wait(datetime.timedelta(seconds=timeout))
+            except RuntimeError as err:
+                if time.monotonic() - started >= timeout:
+                    raise TimeoutError(f"nothing arrived within {timeout:g} s") from err
+                raise
         if tensor.is_cuda:
             torch.cuda.current_stream(tensor.device).synchronize()
 

@@ -69,6 +69,7 @@ class Msg(enum.IntEnum):
     REFUSED = 6  # worker: refused the version (the reason follows)
     LEAVING = 7  # worker: shutting down; answer CLOSE
     BYE = 8  # worker: its receiving thread has ended
+    ALIVE = 9  # trainer: a heartbeat on an idle link
 
 
 def link_prefix(worker_id: int) -> str:
@@ -90,6 +91,7 @@ class _TrainerLink:
         self.first_cuda_version: int | None = None  # the first update sent over NCCL
         self.layout_sent: bytes | None = None
         self.works: list[tuple[Any, list[torch.Tensor]]] = []  # sends in flight, tensors kept
+        self.last_sent = time.monotonic()
         self._send_lock = threading.Lock()
         self.thread = threading.Thread(
             target=self._run, name=f"weightsync-link-{worker_id}", daemon=True
@@ -111,6 +113,7 @@ class _TrainerLink:
             self.works = [(w, t) for w, t in self.works if not w.is_completed()]
             for tensor in tensors:
                 self.works.append((self.link.send(tensor, DATA), [tensor]))
+            self.last_sent = time.monotonic()
 
     def order_after_sends(self) -> None:
         """Make the current CUDA stream wait for this link's NCCL sends: the trainer's next
@@ -203,6 +206,8 @@ class DistributedSender:
             (``GLOO_SOCKET_IFNAME`` honoured).
         use_nccl: keep a CUDA model's buffer on its GPU and send it over NCCL to the workers
             that take CUDA data; False: every update goes through host memory.
+        heartbeat: seconds between heartbeats on a link that is otherwise idle, so a worker
+            notices a trainer whose host went down without closing its sockets; 0: none.
     """
 
     carries_weights = True
@@ -218,6 +223,7 @@ class DistributedSender:
         join_timeout: float,
         bind: str | None = None,
         use_nccl: bool = False,
+        heartbeat: float = 0.0,
     ):
         if num_workers < 1:
             raise ValueError(f"the distributed scheme needs num_workers >= 1, got {num_workers}")
@@ -238,6 +244,13 @@ class DistributedSender:
         self._layout: tuple[FlatBuffer, bytes] | None = None  # the staging buffer's JSON layout
         self._in_flight: tuple[str, int, list[int], FlatBuffer] | None = None
         self.links = {w: _TrainerLink(w, self) for w in range(num_workers)}
+        self._stop_beating = threading.Event()
+        self._heart: threading.Thread | None = None
+        if heartbeat > 0:
+            self._heart = threading.Thread(
+                target=self._beat, args=(heartbeat,), name="weightsync-heartbeat", daemon=True
+            )
+            self._heart.start()
 
     @property
     def acked_versions(self) -> dict[int, int | None]:
@@ -438,9 +451,22 @@ class DistributedSender:
             if link is not None and link.link is not None:
                 link.link.abort()
 
+    def _beat(self, interval: float) -> None:
+        """Send a heartbeat on every live link that sent nothing for ``interval`` s."""
+        while not self._stop_beating.wait(interval / 2):
+            for link in list(self.links.values()):
+                if link.usable and time.monotonic() - link.last_sent >= interval:
+                    try:
+                        link.send(header(Msg.ALIVE))
+                    except RuntimeError as err:
+                        link._fail(f"cannot be sent to ({_first_line(err)})")
+
     def close(self) -> None:
         """Tell every worker no more updates come, wait (bounded) for them to say goodbye."""
         self.closing = True
+        self._stop_beating.set()
+        if self._heart is not None:
+            self._heart.join()
         for link in self.links.values():
             if link.usable:
                 try:
@@ -462,6 +488,8 @@ class DistributedReceiver:
         bind: this process's address or interface; None: torch's default.
         device: the GPU this worker's model lives on, to take CUDA updates over NCCL into it;
             None: updates arrive in host memory.
+        silence: seconds without a word from the trainer (heartbeats included) after which it
+            counts as lost, its host down or unreachable; None: wait forever.
     """
 
     carries_weights = True
@@ -475,10 +503,12 @@ class DistributedReceiver:
         join_timeout: float,
         bind: str | None,
         device: torch.device | None = None,
+        silence: float | None = None,
     ):
         self.worker_id = worker_id
         self.model_id = ""
         self.device = device
+        self.silence = silence
         self._cond = threading.Condition()
         self._closed = False
         self._error: WeightSyncError | None = None
@@ -567,6 +597,15 @@ class DistributedReceiver:
             while self._receive_one(self._link):
                 pass
             self._answer(header(Msg.BYE))
+        except TimeoutError:
+            self._drop_link()
+            self._stop(
+                PeerDiedError(
+                    f"worker {self.worker_id} heard nothing from the trainer for {self.silence:g} "
+                    "s, not even its heartbeat: its host is down or unreachable"
+                )
+            )
+            return
         except RuntimeError as err:
             self._stop(
                 PeerDiedError(
@@ -584,10 +623,12 @@ class DistributedReceiver:
     def _receive_one(self, link: Link) -> bool:
         """Receive the next message; False once the trainer closed."""
         msg = empty_header()
-        link.recv(msg, DATA)
+        link.recv(msg, DATA, timeout=self.silence)
         kind, version, layout_len, on_gpu = msg.tolist()
         if kind == Msg.CLOSE:
             return False
+        if kind == Msg.ALIVE:
+            return True
         if layout_len:
             raw = torch.empty(layout_len, dtype=torch.uint8)
             link.recv(raw, DATA)
