@@ -5,7 +5,8 @@ For each update the trainer stamps the next version into its model (its "optimiz
 * **blocking** mode: ``t0``, ``send()``; the trainer stall is the time ``send`` blocks;
 * **async** mode: ``t0``, ``send_async()``, a real forward/backward of the model on a batch of
   ``fb_batch`` inputs (it only reads the parameters), ``wait_async()``; the stall is the time
-  spent in ``send_async`` plus ``wait_async``, the forward/backward excluded.
+  spent in ``send_async`` plus ``wait_async``, the forward/backward excluded; the time in
+  ``send_async`` alone is recorded too (what a trainer that overlaps more work waits at most).
 
 In both modes the freshness latency is ``max over workers(t_verified) - t0``, where each worker
 takes ``t_verified`` after it has applied the update and read the version back from its own
@@ -77,6 +78,7 @@ class _Case:
         self.cfg, self.num_workers = cfg, num_workers
         self.scheme = make_scheme()
         self.backend = type(self.scheme).backend
+        self.send_async_ms = 0.0  # of the last async update
         if self.backend == "distributed":  # its workers must know the store's port when spawned
             self.scheme.num_workers, self.scheme.port = num_workers, free_port()
         self.strategy = self.scheme.strategy.extract_as
@@ -159,6 +161,7 @@ class _Case:
         else:
             self.scheme.send_async()
             t1 = time.perf_counter_ns()
+            self.send_async_ms = (t1 - t0) / 1e6
             fb()
             t2 = time.perf_counter_ns()
             self.scheme.wait_async()
@@ -227,10 +230,12 @@ def measure_case(
         for mode in ("blocking", "async"):
             for _ in range(cfg.warmup):
                 case.update(mode, fb)
-            stalls, fresh, fbs = [], [], []
+            stalls, fresh, fbs, calls = [], [], [], []
             for _ in range(cfg.updates):
                 stall, latency = case.update(mode, fb)
                 stalls.append(stall)
+                if mode == "async":
+                    calls.append(case.send_async_ms)
                 if latency is not None:
                     fresh.append(latency)
             if mode == "async":
@@ -241,7 +246,7 @@ def measure_case(
             result[mode] = {
                 "stall_ms": summarize(stalls),
                 "fresh_ms": summarize(fresh),
-                **({"fb_ms": summarize(fbs)} if fbs else {}),
+                **({"fb_ms": summarize(fbs), "send_async_ms": summarize(calls)} if fbs else {}),
             }
         rss_timed, checksum_ok = case.probe()
         memory: dict[str, Any] = {

@@ -23,6 +23,7 @@ COLUMNS = (
     "GB/s",
     "x floor",
     "async stall ms (med / p95)",
+    "send_async alone ms (med / p95)",
     "async freshness ms (med)",
     "fwd+bwd ms",
     "worker extra MB (anon / shm)",
@@ -67,7 +68,7 @@ def _pair(stats: dict[str, float] | None) -> str:
 def _row(r: dict[str, Any]) -> list[str]:
     head = [r["scheme"], r["strategy"], r["model"], f"{r['bytes'] / 2**20:.0f}", str(r["workers"])]
     if "error" in r:
-        return [*head, f"{r.get('floor_ms', 0):.2f}", f"**{r['error']}**", *[""] * 12]
+        return [*head, f"{r.get('floor_ms', 0):.2f}", f"**{r['error']}**", *[""] * 13]
     blocking, async_ = r["blocking"], r["async"]
     mem = r["memory"]
     anon = max(mem["worker_extra_anon_mb"], default=0.0)
@@ -92,6 +93,7 @@ def _row(r: dict[str, Any]) -> list[str]:
         f"{r['gb_per_s']:.2f}" if "gb_per_s" in r else "n/a",
         f"{r['x_floor']:.2f}" if "x_floor" in r else "n/a",
         _pair(async_["stall_ms"]),
+        _pair(async_.get("send_async_ms")),
         _ms(async_["fresh_ms"]["median"]) if async_["fresh_ms"] else "n/a",
         _ms(async_["fb_ms"]["median"]),
         f"{anon:+.1f} / {shm:+.1f}",
