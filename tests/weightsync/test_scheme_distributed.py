@@ -241,6 +241,31 @@ def test_a_worker_notices_a_trainer_gone_silent_by_its_missing_heartbeats(procs)
     assert f"heard nothing from the trainer for {silence:g} s" in message, message
 
 
+def test_an_idle_link_outlives_the_join_timeout_and_sends_are_not_hoarded(procs):
+    """gloo ends a bare wait at the group's creation timeout (closing the link) and reports a
+    send complete only once waited for: an idle worker must not die after ``join_timeout``, and
+    the trainer must not keep every send it ever made."""
+    trainer_model = make_model(seed=0)
+    join_timeout = 6.0  # long enough for the worker to start; the idle time is twice that
+    scheme = DistributedWeightSyncScheme(
+        num_workers=1, timeout=10, join_timeout=join_timeout, heartbeat=0
+    )
+    scheme.init_on_sender("policy", model=trainer_model)
+    [(_, ctl)] = _start_workers(procs, scheme, [None])
+    scheme.connect()
+    expect_reply(ctl, "report")
+    time.sleep(2 * join_timeout)  # idle, no heartbeat, longer than the join timeout both sides
+    for step in range(2, 32):
+        perturb(trainer_model, step)
+        scheme.send()
+    _, version, state = ask(ctl, "receive", 5.0)
+    assert version == 31
+    assert_same_state(state, state_of(trainer_model))
+    assert len(scheme.get_sender().transport.links[0].pending) == 0
+    scheme.shutdown()
+    assert ask(ctl, "stop") == ("closed",)
+
+
 def test_an_idle_worker_costs_no_measurable_cpu(procs):
     scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30)
     scheme.init_on_sender("policy", model=make_model(seed=0))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import socket
+import threading
 import time
 from typing import Any
 
@@ -142,8 +143,8 @@ class Link:
         TimeoutError when ``timeout`` s pass first). A CUDA tensor holds the bytes when this
         returns, whatever stream reads it next."""
         work = self._group_for(tensor).recv([tensor], self.peer, tag)
-        if timeout is None:
-            work.wait()
+        if timeout is None:  # explicitly: a bare wait() ends at the join timeout, closing the link
+            work.wait(_IDLE_WAIT)
         else:
             started = time.monotonic()
             try:
@@ -176,6 +177,50 @@ class Link:
             prefixed = dist.PrefixStore(f"{self.prefix}/nccl", self._store)
             self._nccl = dist.ProcessGroupNCCL(prefixed, self.rank, 2, options)
         return self._nccl
+
+
+class PendingSends:
+    """A link's sends in flight, each kept with its tensor until it is known to be complete.
+
+    gloo's ``is_completed()`` of a send stays False until someone calls ``wait()``, so completion
+    is learnt from the protocol instead: once the peer answered an update, that update and every
+    send before it have arrived, and :meth:`settle` collects them (their ``wait()`` returns at
+    once). Without it every send ever made would be kept.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[int, Any, torch.Tensor, int | None]] = []
+        self._seq = 0
+
+    def add(self, work: Any, tensor: torch.Tensor, version: int | None = None) -> None:
+        """Keep ``work`` (sending ``tensor``, part of update ``version`` if any)."""
+        with self._lock:
+            self._seq += 1
+            self._items.append((self._seq, work, tensor, version))
+
+    def settle(self, version: int | None = None) -> None:
+        """Collect every send up to the last one of update ``version`` (and older updates);
+        None: every send so far (the peer is known to be reading)."""
+        with self._lock:
+            last = self._seq if version is None else max(
+                (seq for seq, _, _, v in self._items if v is not None and v <= version), default=0
+            )  # fmt: skip
+            done = [item for item in self._items if item[0] <= last]
+            self._items = [item for item in self._items if item[0] > last]
+        for _, work, tensor, _ in done:
+            work.wait(_IDLE_WAIT)
+            if tensor.is_cuda:  # NCCL's wait only orders streams: wait until the GPU read it
+                torch.cuda.current_stream(tensor.device).synchronize()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def reading(self, data: torch.Tensor) -> bool:
+        """Whether a send of ``data`` (the same memory) may still be in flight."""
+        with self._lock:
+            return any(t.data_ptr() == data.data_ptr() for _, _, t, _ in self._items)
 
 
 def header(kind: int, version: int = 0, length: int = 0, extra: int = 0) -> torch.Tensor:

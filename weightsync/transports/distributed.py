@@ -43,6 +43,7 @@ from weightsync.flat import FlatBuffer
 from weightsync.transports.base import Update
 from weightsync.transports.c10d import (
     Link,
+    PendingSends,
     as_bytes,
     decode_layout,
     empty_header,
@@ -90,7 +91,7 @@ class _TrainerLink:
         self.gpu: str | None = None  # the UUID of the GPU the worker receives on, if any
         self.first_cuda_version: int | None = None  # the first update sent over NCCL
         self.layout_sent: bytes | None = None
-        self.works: list[tuple[Any, list[torch.Tensor]]] = []  # sends in flight, tensors kept
+        self.pending = PendingSends()
         self.last_sent = time.monotonic()
         self._send_lock = threading.Lock()
         self.thread = threading.Thread(
@@ -107,29 +108,17 @@ class _TrainerLink:
         """The worker said hello (or can no longer be reached)."""
         return self.said_hello or self.failure is not None
 
-    def send(self, *tensors: torch.Tensor) -> None:
-        """Queue ``tensors`` to the worker, in order, without waiting."""
+    def send(self, *tensors: torch.Tensor, version: int | None = None) -> None:
+        """Queue ``tensors`` (of update ``version``, if any) to the worker, in order, without
+        waiting."""
         with self._send_lock:
-            self.works = [(w, t) for w, t in self.works if not w.is_completed()]
             for tensor in tensors:
-                self.works.append((self.link.send(tensor, DATA), [tensor]))
+                self.pending.add(self.link.send(tensor, DATA), tensor, version)
             self.last_sent = time.monotonic()
-
-    def order_after_sends(self) -> None:
-        """Make the current CUDA stream wait for this link's NCCL sends: the trainer's next
-        writes to the buffer (``optimizer.step()``) then never race a send still reading it."""
-        with self._send_lock:
-            for work, tensors in self.works:
-                if tensors[0].is_cuda:
-                    work.wait()
 
     def sending_from(self, buffer: FlatBuffer) -> bool:
         """Whether a send reading ``buffer`` may still be in flight."""
-        with self._send_lock:
-            return any(
-                not w.is_completed() and t[0].data_ptr() == buffer.data.data_ptr()
-                for w, t in self.works
-            )
+        return self.pending.reading(buffer.data)
 
     def _run(self) -> None:
         owner = self.owner
@@ -172,6 +161,9 @@ class _TrainerLink:
             answer = {Msg.BUSY: "busy", Msg.APPLIED: "applied"}.get(kind)
             if kind == Msg.REFUSED:
                 answer = _recv_text(link, length)
+            # The worker has the whole update: its sends are complete (on the GPU too) before
+            # finish() hears of it, and the trainer may write the buffer again.
+            self.pending.settle(version)
             first_cuda = self.first_cuda_version
             if kind in (Msg.BUSY, Msg.APPLIED) and first_cuda is not None and version >= first_cuda:
                 link.forget_keys("nccl")  # the worker received over NCCL: both ranks joined it
@@ -362,10 +354,10 @@ class DistributedSender:
             message = header(Msg.UPDATE, version, len(layout) if fresh else 0, int(data.is_cuda))
             try:
                 if fresh:
-                    link.send(message, as_bytes(layout), data)
+                    link.send(message, as_bytes(layout), data, version=version)
                     link.layout_sent = layout
                 else:
-                    link.send(message, data)
+                    link.send(message, data, version=version)
             except RuntimeError as err:
                 link._fail(f"cannot be sent to ({_first_line(err)})")
         self._in_flight = (model_id, version, targets, buffer)
@@ -424,10 +416,6 @@ class DistributedSender:
                 self._given = None
         if self._host is not None and any(self.links[w].sending_from(self._host) for w in pending):
             self._host = None  # the same: the next update gets a fresh host copy
-        if buffer.data.is_cuda:
-            for w in targets:
-                if w not in pending and w not in dead:
-                    self.links[w].order_after_sends()
         problems = [f"worker {w} {why}" for w, why in sorted(dead.items())]
         problems += [
             f"worker {w} did not receive version {version} of model {model_id!r} within "
@@ -520,7 +508,7 @@ class DistributedReceiver:
         self._buffers: list[FlatBuffer] = []  # of the current layout
         self._layout: tuple[Any, list[str]] | None = None
         self._answer_lock = threading.Lock()
-        self._works: list[tuple[Any, torch.Tensor]] = []
+        self._answers = PendingSends()  # answers in flight to the trainer
         self._link: Link | None = None
         self._thread = threading.Thread(
             target=self._run, args=(host, port, join_timeout, bind),
@@ -627,6 +615,7 @@ class DistributedReceiver:
         kind, version, layout_len, on_gpu = msg.tolist()
         if kind == Msg.CLOSE:
             return False
+        self._answers.settle()  # the trainer is reading: the answers sent so far are complete
         if kind == Msg.ALIVE:
             return True
         if layout_len:
@@ -673,16 +662,15 @@ class DistributedReceiver:
     def _drop_link(self) -> None:
         """The trainer is gone: nobody to answer any more."""
         with self._answer_lock:
-            self._link, self._works = None, []
+            self._link, self._answers = None, PendingSends()
 
     def _answer(self, *tensors: torch.Tensor) -> None:
         with self._answer_lock:
             if self._link is None:  # the trainer is gone: nobody to answer
                 return
-            self._works = [(w, t) for w, t in self._works if not w.is_completed()]
             try:
                 for tensor in tensors:
-                    self._works.append((self._link.send(tensor, ANSWER), tensor))
+                    self._answers.add(self._link.send(tensor, ANSWER), tensor)
             except RuntimeError as err:
                 self._stop(PeerDiedError(f"worker {self.worker_id} lost the trainer: {err}"))
 
