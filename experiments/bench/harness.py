@@ -127,13 +127,7 @@ class _Case:
         try:
             self.scheme.shutdown()
         finally:
-            for proc in self.procs:
-                if proc.pid is None:  # never started
-                    continue
-                proc.join(timeout=10)
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join(timeout=5)
+            reap(self.procs, join_timeout=10)
             for a, b in self.pipes:
                 a.close()
                 b.close()
@@ -279,3 +273,14 @@ def measure_case(
             result["gloo_ms"] = gloo_broadcast_ms(nbytes, num_workers, cfg.floor_repeats)
             result["x_gloo"] = fresh["median"] / result["gloo_ms"]
     return result
+
+
+def reap(procs: list[Any], join_timeout: float) -> None:
+    """Wait up to ``join_timeout`` s for each started process to exit; kill those that do not."""
+    for proc in procs:
+        if proc.pid is None:  # never started
+            continue
+        proc.join(timeout=join_timeout)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)

@@ -53,7 +53,7 @@ from torchrl.weight_update import DistributedWeightSyncScheme
 
 from experiments.bench import worker as W
 from experiments.bench.config import BenchConfig
-from experiments.bench.harness import free_port, model_bytes, summarize
+from experiments.bench.harness import free_port, model_bytes, reap, summarize
 from experiments.bench.limits import gloo_broadcast_ms
 from experiments.bench.models import build_model, checksum, read_stamps, stamp
 from experiments.bench.report import machine_info
@@ -235,13 +235,7 @@ def measure_case(
         return results.recv()
     finally:
         control[W.STOP] = 1
-        for proc in procs:
-            if proc.pid is None:  # never started
-                continue
-            proc.join(timeout=15)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=5)
+        reap(procs, join_timeout=15)
         handoff.cancel_join_thread()
         handoff.close()
         results.close()
