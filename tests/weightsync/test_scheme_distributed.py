@@ -266,6 +266,21 @@ def test_an_idle_link_outlives_the_join_timeout_and_sends_are_not_hoarded(procs)
     assert ask(ctl, "stop") == ("closed",)
 
 
+def test_heartbeats_to_an_idle_worker_are_collected_not_hoarded(procs):
+    heartbeat = 0.1
+    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30, heartbeat=heartbeat)
+    scheme.init_on_sender("policy", model=make_model(seed=0))
+    [(_, ctl)] = _start_workers(procs, scheme, [None])
+    scheme.connect()
+    expect_reply(ctl, "report")
+    link = scheme.get_sender().transport.links[0]
+    time.sleep(30 * heartbeat)
+    assert link.beats >= 10
+    assert len(link.pending) <= 1  # at most the newest, its echo still on its way
+    scheme.shutdown()
+    assert ask(ctl, "stop") == ("closed",)
+
+
 def test_an_idle_worker_costs_no_measurable_cpu(procs):
     scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30)
     scheme.init_on_sender("policy", model=make_model(seed=0))

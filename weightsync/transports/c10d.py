@@ -179,32 +179,38 @@ class Link:
         return self._nccl
 
 
+#: What a send belongs to, for :class:`PendingSends`: a kind of message and its number.
+Mark = tuple[str, int]
+
+
 class PendingSends:
     """A link's sends in flight, each kept with its tensor until it is known to be complete.
 
     gloo's ``is_completed()`` of a send stays False until someone calls ``wait()``, so completion
-    is learnt from the protocol instead: once the peer answered an update, that update and every
-    send before it have arrived, and :meth:`settle` collects them (their ``wait()`` returns at
-    once). Without it every send ever made would be kept.
+    is learnt from the protocol instead: once the peer answered a message (an update, a
+    heartbeat), that message and every send before it have arrived, and :meth:`settle` collects
+    them (their ``wait()`` returns at once). Without it every send ever made would be kept.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: list[tuple[int, Any, torch.Tensor, int | None]] = []
+        self._items: list[tuple[int, Any, torch.Tensor, Mark | None]] = []
         self._seq = 0
 
-    def add(self, work: Any, tensor: torch.Tensor, version: int | None = None) -> None:
-        """Keep ``work`` (sending ``tensor``, part of update ``version`` if any)."""
+    def add(self, work: Any, tensor: torch.Tensor, mark: Mark | None = None) -> None:
+        """Keep ``work`` (sending ``tensor``, part of the message ``mark``, if any)."""
         with self._lock:
             self._seq += 1
-            self._items.append((self._seq, work, tensor, version))
+            self._items.append((self._seq, work, tensor, mark))
 
-    def settle(self, version: int | None = None) -> None:
-        """Collect every send up to the last one of update ``version`` (and older updates);
-        None: every send so far (the peer is known to be reading)."""
+    def settle(self, mark: Mark | None = None) -> None:
+        """Collect every send up to the last one of the message ``mark`` (or of an older one of
+        its kind); None: every send so far (the peer is known to be reading)."""
+        kind, number = mark or ("", 0)
         with self._lock:
-            last = self._seq if version is None else max(
-                (seq for seq, _, _, v in self._items if v is not None and v <= version), default=0
+            last = self._seq if mark is None else max(
+                (seq for seq, _, _, m in self._items if m and m[0] == kind and m[1] <= number),
+                default=0,
             )  # fmt: skip
             done = [item for item in self._items if item[0] <= last]
             self._items = [item for item in self._items if item[0] > last]

@@ -43,6 +43,7 @@ from weightsync.flat import FlatBuffer
 from weightsync.transports.base import Update
 from weightsync.transports.c10d import (
     Link,
+    Mark,
     PendingSends,
     as_bytes,
     decode_layout,
@@ -70,7 +71,7 @@ class Msg(enum.IntEnum):
     REFUSED = 6  # worker: refused the version (the reason follows)
     LEAVING = 7  # worker: shutting down; answer CLOSE
     BYE = 8  # worker: its receiving thread has ended
-    ALIVE = 9  # trainer: a heartbeat on an idle link
+    ALIVE = 9  # trainer: a heartbeat on an idle link; worker: its echo (the same number)
 
 
 def link_prefix(worker_id: int) -> str:
@@ -89,7 +90,9 @@ class _TrainerLink:
         self.acked: int | None = None
         self.said_hello = False
         self.gpu: str | None = None  # the UUID of the GPU the worker receives on, if any
-        self.first_cuda_version: int | None = None  # the first update sent over NCCL
+        self.nccl_rendezvous: int | None = None  # the first NCCL update, while its keys stay
+        self.nccl_joined = False  # the worker received over NCCL: its group's keys are gone
+        self.beats = 0  # heartbeats sent
         self.layout_sent: bytes | None = None
         self.pending = PendingSends()
         self.last_sent = time.monotonic()
@@ -108,12 +111,12 @@ class _TrainerLink:
         """The worker said hello (or can no longer be reached)."""
         return self.said_hello or self.failure is not None
 
-    def send(self, *tensors: torch.Tensor, version: int | None = None) -> None:
-        """Queue ``tensors`` (of update ``version``, if any) to the worker, in order, without
-        waiting."""
+    def send(self, *tensors: torch.Tensor, mark: Mark | None = None) -> None:
+        """Queue ``tensors`` (the message ``mark``, if the worker answers it) to the worker, in
+        order, without waiting."""
         with self._send_lock:
             for tensor in tensors:
-                self.pending.add(self.link.send(tensor, DATA), tensor, version)
+                self.pending.add(self.link.send(tensor, DATA), tensor, mark)
             self.last_sent = time.monotonic()
 
     def sending_from(self, buffer: FlatBuffer) -> bool:
@@ -154,6 +157,9 @@ class _TrainerLink:
                 continue
             if kind == Msg.BYE:
                 return
+            if kind == Msg.ALIVE:  # the echo of heartbeat ``version``: it has arrived
+                self.pending.settle(("alive", version))
+                continue
             if kind == Msg.LEAVING:
                 self._fail("has shut its receiver down")
                 self.send(header(Msg.CLOSE))
@@ -163,11 +169,11 @@ class _TrainerLink:
                 answer = _recv_text(link, length)
             # The worker has the whole update: its sends are complete (on the GPU too) before
             # finish() hears of it, and the trainer may write the buffer again.
-            self.pending.settle(version)
-            first_cuda = self.first_cuda_version
-            if kind in (Msg.BUSY, Msg.APPLIED) and first_cuda is not None and version >= first_cuda:
+            self.pending.settle(("update", version))
+            joined = self.nccl_rendezvous is not None and version >= self.nccl_rendezvous
+            if kind in (Msg.BUSY, Msg.APPLIED) and joined:
                 link.forget_keys("nccl")  # the worker received over NCCL: both ranks joined it
-                self.first_cuda_version = -1
+                self.nccl_rendezvous, self.nccl_joined = None, True
             with owner.cond:
                 if kind == Msg.APPLIED:
                     self.acked = max(version, self.acked or 0)
@@ -348,16 +354,16 @@ class DistributedSender:
             if not link.usable:
                 continue  # named by finish()
             data = buffer.data if w in direct or host is None else host.data
-            if data.is_cuda and link.first_cuda_version is None:
-                link.first_cuda_version = version
+            if data.is_cuda and not link.nccl_joined and link.nccl_rendezvous is None:
+                link.nccl_rendezvous = version
             fresh = link.layout_sent != layout
             message = header(Msg.UPDATE, version, len(layout) if fresh else 0, int(data.is_cuda))
             try:
                 if fresh:
-                    link.send(message, as_bytes(layout), data, version=version)
+                    link.send(message, as_bytes(layout), data, mark=("update", version))
                     link.layout_sent = layout
                 else:
-                    link.send(message, data, version=version)
+                    link.send(message, data, mark=("update", version))
             except RuntimeError as err:
                 link._fail(f"cannot be sent to ({_first_line(err)})")
         self._in_flight = (model_id, version, targets, buffer)
@@ -445,7 +451,8 @@ class DistributedSender:
             for link in list(self.links.values()):
                 if link.usable and time.monotonic() - link.last_sent >= interval:
                     try:
-                        link.send(header(Msg.ALIVE))
+                        link.beats += 1
+                        link.send(header(Msg.ALIVE, link.beats), mark=("alive", link.beats))
                     except RuntimeError as err:
                         link._fail(f"cannot be sent to ({_first_line(err)})")
 
@@ -617,6 +624,7 @@ class DistributedReceiver:
             return False
         self._answers.settle()  # the trainer is reading: the answers sent so far are complete
         if kind == Msg.ALIVE:
+            self._answer(header(Msg.ALIVE, version))  # lets the trainer collect its heartbeats
             return True
         if layout_len:
             raw = torch.empty(layout_len, dtype=torch.uint8)
