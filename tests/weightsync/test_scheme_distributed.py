@@ -172,12 +172,21 @@ def test_a_killed_worker_is_named_and_the_survivors_keep_receiving(procs):
     assert ask(ctl, "stop") == ("closed",)
 
 
+def _trainer_process(procs, num_workers: int, timeout: float, heartbeat: float = 5.0):
+    """A trainer in a process of its own (so it can be killed or stopped), and the scheme its
+    workers are built from: ``(process, control pipe, scheme)``."""
+    trainer_ctl, there = procs.pipe()
+    trainer = procs.start(run_trainer, num_workers, timeout, there, heartbeat)
+    _, port = expect_reply(trainer_ctl, "pick a port")
+    scheme = DistributedWeightSyncScheme(
+        num_workers=num_workers, port=port, timeout=timeout, join_timeout=60, heartbeat=heartbeat
+    )
+    return trainer, trainer_ctl, scheme
+
+
 def test_every_worker_exits_when_the_trainer_is_killed(procs):
     timeout = 10.0
-    trainer_ctl, there = procs.pipe()
-    trainer = procs.start(run_trainer, 2, timeout, there)
-    _, port = expect_reply(trainer_ctl, "pick a port")
-    scheme = DistributedWeightSyncScheme(num_workers=2, port=port, timeout=timeout, join_timeout=60)
+    trainer, trainer_ctl, scheme = _trainer_process(procs, 2, timeout)
     workers = _start_workers(procs, scheme, [None, None])
     assert expect_reply(trainer_ctl, "connect") == ("connected",)
     for _, ctl in workers:
@@ -195,10 +204,7 @@ def test_every_worker_exits_when_the_trainer_is_killed(procs):
 def test_a_worker_exiting_without_shutdown_ends_its_receiving_thread_first(procs, trainer):
     """A daemon thread still running while the interpreter finalises aborts the process
     ("terminate called without an active exception"): the receiver is closed at exit."""
-    trainer_ctl, there = procs.pipe()
-    trainer_process = procs.start(run_trainer, 1, 10.0, there)
-    _, port = expect_reply(trainer_ctl, "pick a port")
-    scheme = DistributedWeightSyncScheme(num_workers=1, port=port, timeout=10, join_timeout=60)
+    trainer_process, trainer_ctl, scheme = _trainer_process(procs, 1, 10.0)
     ctl, there = procs.pipe()
     worker = procs.start(exit_without_shutdown, scheme, 0, there)
     assert expect_reply(trainer_ctl, "connect") == ("connected",)
@@ -220,12 +226,7 @@ def test_a_worker_notices_a_trainer_gone_silent_by_its_missing_heartbeats(procs)
     """A trainer host that loses power closes no socket: nothing tells the workers. SIGSTOP
     stands in for it. While the trainer lives, its heartbeats keep an idle worker waiting."""
     heartbeat = 0.25
-    trainer_ctl, there = procs.pipe()
-    trainer = procs.start(run_trainer, 1, 10.0, there, heartbeat)
-    _, port = expect_reply(trainer_ctl, "pick a port")
-    scheme = DistributedWeightSyncScheme(
-        num_workers=1, port=port, timeout=10, join_timeout=60, heartbeat=heartbeat
-    )
+    trainer, trainer_ctl, scheme = _trainer_process(procs, 1, 10.0, heartbeat)
     [(_, ctl)] = _start_workers(procs, scheme, [None])
     assert expect_reply(trainer_ctl, "connect") == ("connected",)
     expect_reply(ctl, "report")
