@@ -59,14 +59,7 @@ def model_bytes(model: nn.Module) -> int:
 
 def shared_bytes(scheme: WeightSyncScheme) -> int:
     """Bytes of shared memory the scheme's trainer-side transport holds (buffers it created)."""
-    transport = getattr(scheme, "_transport", None)
-    total = 0
-    for ring in getattr(transport, "rings", {}).values():
-        total += sum(b.data.numel() * b.data.element_size() for b in ring.buffers)
-    staging = getattr(transport, "staging", None)
-    if staging is not None and staging.data.is_shared():
-        total += staging.data.numel() * staging.data.element_size()
-    return total
+    return scheme.get_sender().transport.shared_bytes
 
 
 class _Case:
