@@ -96,6 +96,7 @@ class MPTransport:
     ):
         self.pipe = pipe_connection
         self._process = process
+        self._exit: str | None = None  # how the watched worker ended, once known
         self.timeout = check_timeout(timeout)
         self.worker_id = worker_id
         self.peer = "the trainer" if worker_id is None else f"worker {worker_id}"
@@ -252,13 +253,19 @@ class MPTransport:
 
     def peer_exit(self) -> str | None:
         """How the worker at the other end ended (``"process 42 exited with code 1"``), if this
-        end watches it and it has; None otherwise."""
-        handle = None if self._process is None else self._process()
-        if handle is not None and (how := describe_exit(handle)) is not None:
-            return how
-        if self._peer_watch is not None and is_readable(self._peer_watch):
-            return f"process {self.peer_pid} exited"
-        return None
+        end watches it and it has; None otherwise. Found once, then remembered (what the
+        process reported before it ended can be read only once)."""
+        if self._exit is None:
+            handle = None if self._process is None else self._process()
+            if handle is not None:
+                self._exit = describe_exit(handle)
+            if (
+                self._exit is None
+                and self._peer_watch is not None
+                and is_readable(self._peer_watch)
+            ):
+                self._exit = f"process {self.peer_pid} exited"
+        return self._exit
 
     def waitables(self) -> list[Any]:
         """What a wait for this peer waits on: the pipe, and what becomes readable when the
@@ -342,12 +349,8 @@ class MPTransport:
             try:
                 if not wait(self.waitables(), max(0.0, deadline - time.monotonic())):
                     return None
-                if not self.pipe.poll(0):  # only the watched process is readable: it exited
-                    raise PeerDiedError(
-                        f"{peer} died before it could {doing}: {self.peer_exit() or 'it exited'}",
-                        workers=self._as_workers(),
-                    )
-                message = self.pipe.recv()
+                # Nothing to read: only the watched process is readable, it exited.
+                message = self.pipe.recv() if self.pipe.poll(0) else None
             except (EOFError, OSError) as err:
                 how = self.peer_exit()
                 raise PeerDiedError(
@@ -355,6 +358,11 @@ class MPTransport:
                     + (f": {how}" if how else ""),
                     workers=self._as_workers(),
                 ) from err
+            if message is None:
+                raise PeerDiedError(
+                    f"{peer} died before it could {doing}: {self.peer_exit() or 'it exited'}",
+                    workers=self._as_workers(),
+                )
             if message[0] != HELLO:
                 return message
             if self.worker_id is not None:  # a worker's introduction: watch its process
