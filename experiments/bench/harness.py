@@ -93,12 +93,13 @@ class _Case:
                     self.control,
                     self.threads,
                     cfg.poll_timeout_s,
+                    cfg.worker_device,
                 ),
                 daemon=True,
             )
             for w, (_, worker_end) in enumerate(self.pipes)
         ]
-        self.model = build_model(model_name, seed=0)
+        self.model = build_model(model_name, seed=0).to(cfg.trainer_device)
         self.sender = None
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -109,7 +110,10 @@ class _Case:
         self.rss_base = [rss_mb(p.pid) for p in self.procs]
         stamp(self.model, 1)  # connect() sends version 1; a worker may see it in its loop
         self.scheme.init_on_sender(
-            "policy", model=self.model, pipes=[trainer_end for trainer_end, _ in self.pipes]
+            "policy",
+            model=self.model,
+            pipes=[trainer_end for trainer_end, _ in self.pipes],
+            processes=self.procs,
         )
         self.scheme.connect()
         self.sender = self.scheme.get_sender()
@@ -174,7 +178,7 @@ class _Case:
 
 
 def _forward_backward(model: nn.Module, batch: int) -> Callable[[], None]:
-    x = torch.randn(batch, input_size(model))
+    x = torch.randn(batch, input_size(model), device=next(model.parameters()).device)
 
     def fb() -> None:
         model(x).sum().backward()
