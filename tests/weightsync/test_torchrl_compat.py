@@ -50,8 +50,11 @@ def test_torchrl_constructor_arguments():
     assert MultiProcessWeightSyncScheme(strategy="tensordict", sync=True).sync is True
     shared = SharedMemWeightSyncScheme(strategy="tensordict", sync=False, per_worker_weights=True)
     assert (shared.sync, shared.per_worker_weights) == (False, True)
-    assert DistributedWeightSyncScheme(backend="gloo", sync=True).distributed_backend == "gloo"
-    assert DistributedWeightSyncScheme(backend="nccl").distributed_backend == "nccl"
+    # TorchRL's ``backend`` is the torch backend; the registry name is ``backend_name``
+    gloo = DistributedWeightSyncScheme(backend="gloo", sync=True)
+    assert (gloo.backend, gloo.backend_name) == ("gloo", "distributed")
+    assert DistributedWeightSyncScheme(backend="nccl").backend == "nccl"
+    assert DistributedWeightSyncScheme().backend is None
     with pytest.raises(ValueError, match="backend='mpi' is not one of"):
         DistributedWeightSyncScheme(backend="mpi")
     with pytest.raises(TypeError, match="strategy='state_dict'"):
