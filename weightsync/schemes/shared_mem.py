@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from tensordict import TensorDictBase
@@ -97,8 +96,8 @@ class SharedMemWeightSyncScheme(WeightSyncScheme, backend="shared-mem"):
         if weights is None:
             return {}
         if (
-            isinstance(weights, Mapping)
-            and weights
+            isinstance(weights, dict)
+            and len(weights)
             and all(isinstance(w, TensorDictBase) for w in weights.values())
         ):
             return dict(weights)
