@@ -21,9 +21,9 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from weightsync.binding import BoundModule
+from weightsync.binding import BoundModule, ReceivingModule
 from weightsync.errors import SyncTimeoutError, WeightMismatchError
-from weightsync.flat import FlatBuffer, can_alias, copy_bytes
+from weightsync.flat import FlatBuffer
 from weightsync.sources import prepare_weights
 from weightsync.strategy import DEFAULT_FORMAT, WeightStrategy
 from weightsync.timeouts import check_timeout
@@ -32,7 +32,6 @@ from weightsync.weights import (
     FlatWeights,
     check_finite,
     check_materialized,
-    copy_weights,
     flatten_weights,
     meta_keys,
     set_extra_states,
@@ -320,16 +319,13 @@ class WeightReceiver:
         self.refused: list[str] | None = None  # the problems of the last update refused, if any
         self._validated: tuple | None = None  # (layout, extra keys, structure) checked
         self._misfit: tuple | None = None  # the same, for the last update refused
-        self._bound: BoundModule | None = None  # the model, and the buffer it lives in
-        self._own: FlatBuffer | None = None  # this worker's private flat copy (copying transports)
+        self._bound: ReceivingModule | None = None  # the model, and where its tensors live
         self._in_use = apply_lock or threading.RLock()  # held by readers and while applying
         self._deferred: Update | None = None  # arrived while the model was in use
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(
-            transport=None, model=None, _validated=None, _misfit=None, _bound=None, _own=None
-        )
+        state.update(transport=None, model=None, _validated=None, _misfit=None, _bound=None)
         state.update(on_applied=None, after_apply_weights=[])
         del state["_in_use"], state["_deferred"]
         return state
@@ -408,8 +404,7 @@ class WeightReceiver:
         Then each of :attr:`after_apply_weights` is called."""
         with self._in_use:  # as an update: never while a reader is inside reading()
             if self._bound is not None and self._bound.module is self.model:
-                self._bound.weights(live=True)
-                self._into_own(self._bound, self._bound.buffer)
+                self._bound.leave_shared()
             self.strategy.apply_weights(self.model, weights, model_id=self.model_id)
         for call in self.after_apply_weights:
             call()
@@ -420,7 +415,7 @@ class WeightReceiver:
             self.strategy.apply_weights(model, update.buffer.read(), model_id=self.model_id)
             return
         if self._bound is None or self._bound.module is not model:
-            self._bound = BoundModule(model)
+            self._bound = ReceivingModule(model)
         bound = self._bound
         live = bound.weights(live=True)
         # Checked again whenever the incoming layout or the model's structure changes.
@@ -430,7 +425,7 @@ class WeightReceiver:
                 raise WeightMismatchError(self.model_id, self.refused)
             if self.materialize_meta and meta_keys(live):  # TorchRL's workers get meta policies
                 model.to_empty(device="cpu")
-                bound = self._bound = BoundModule(model)
+                bound = self._bound = ReceivingModule(model)
                 live = bound.weights(live=True)
             incoming = update.buffer.layout.as_meta_weights(update.buffer.extra_keys)
             problems = weight_mismatches(live, incoming)
@@ -444,33 +439,5 @@ class WeightReceiver:
                 self._misfit = shape
                 raise WeightMismatchError(self.model_id, problems)
             self._validated = shape
-        if (
-            update.zero_copy
-            and update.buffer.layout.worth_aliasing
-            and can_alias(live.tensors, update.buffer)
-        ):
-            bound.bind(update.buffer, copy=False)  # adopt the snapshot: no byte copied
-        elif not self._copy_in_one_block(bound, update.buffer):
-            copy_weights(live, update.buffer.read())
+        bound.take(update.buffer, zero_copy=update.zero_copy)
         set_extra_states(model, update.buffer.read_extra())
-
-    def _copy_in_one_block(self, bound: BoundModule, incoming: FlatBuffer) -> bool:
-        """Copy ``incoming`` into the worker's private flat buffer: one memcpy for the model.
-
-        The model is (re-)bound to that private buffer first when it lives elsewhere (e.g. in a
-        snapshot it adopted): updates are never written into a buffer the worker does not own.
-        """
-        if not self._into_own(bound, incoming):
-            return False
-        copy_bytes(self._own.tensor_region, incoming.tensor_region)
-        return True
-
-    def _into_own(self, bound: BoundModule, like: FlatBuffer | None) -> bool:
-        """Bind the model to this worker's private buffer laid out like ``like`` (its values
-        copied in), unless it lives there already; False when it cannot be bound."""
-        if like is None:
-            return False
-        own = self._own
-        if own is None or own.layout != like.layout:
-            own = self._own = FlatBuffer(like.layout, extra_keys=like.extra_keys, shared=False)
-        return (bound.buffer is own and bound.is_bound()) or bound.bind(own)
