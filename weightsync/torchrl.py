@@ -196,12 +196,20 @@ def _sender_keywords(
     scheme: WeightSyncScheme, model_id: str, context: Any, kwargs: dict[str, Any]
 ) -> dict[str, Any]:
     """``params_map=`` (``{worker_idx: weights}``) gives the initial weights and the number of
-    workers; ``ctx=`` (a multiprocessing context) means a collector is initialising the scheme:
-    one pipe per worker, the worker ends carried in the scheme's pickled session."""
+    workers, as ``weights=`` and ``devices=`` (one per worker) do; ``device_map_fn=`` is
+    accepted and unused (each worker's update lands on its own model's device). ``ctx=`` (a
+    multiprocessing context) means a collector is initialising the scheme: one pipe per worker,
+    the worker ends carried in the scheme's pickled session."""
     params_map = kwargs.pop("params_map", None)
     if params_map:
         kwargs.setdefault("num_workers", len(params_map))
         kwargs.setdefault("model", next(iter(params_map.values())))
+    if kwargs.get("weights") is not None:
+        kwargs.setdefault("model", kwargs["weights"])
+    if kwargs.get("devices") is not None:
+        kwargs.setdefault("num_workers", len(kwargs["devices"]))
+    for unused in ("weights", "devices", "device_map_fn"):
+        kwargs.pop(unused, None)
     ctx = kwargs.pop("ctx", None)
     if ctx is None:
         return kwargs
@@ -253,7 +261,9 @@ def _receiver_keywords(
 #: ``worker_idx`` given to schemes no collector drives (TorchRL's property still reads it).
 _WORKER_IDX: weakref.WeakKeyDictionary[WeightSyncScheme, int] = weakref.WeakKeyDictionary()
 
-WeightSyncScheme.accept_keywords("sender", ("ctx", "params_map"), _sender_keywords)
+WeightSyncScheme.accept_keywords(
+    "sender", ("ctx", "params_map", "weights", "devices", "device_map_fn"), _sender_keywords
+)
 WeightSyncScheme.accept_keywords("receiver", ("worker_idx",), _receiver_keywords)
 for _alias, _backend in BACKEND_ALIASES.items():
     WeightSyncScheme.add_alias(_alias, _backend)
