@@ -56,16 +56,19 @@ PANELS = (
 
 
 def comparison_figure(rows: list[Row], fields: list[str], title: str) -> Figure:
-    """The figure for ``rows``; ``fields``: the numeric summary fields present in the sweep."""
+    """The figure for ``rows``; ``fields``: the numeric summary fields present in the sweep.
+
+    Curves and bars are two subfigures, each laid out on its own: the curves' legend takes
+    width from the curves only, the row labels from the bars only."""
     panels = [(panel, panel.fields(fields)) for panel in PANELS if panel.fields(fields)]
     bars_in = max(2.4, ROW_IN * len(rows) + 1.2)
-    figure = Figure(figsize=(WIDTH_IN, CURVES_IN + bars_in + 0.6), layout="constrained")
+    figure = Figure(figsize=(WIDTH_IN, CURVES_IN + bars_in + 0.4), layout="constrained")
     figure.suptitle(title)
-    grid = figure.add_gridspec(2, max(len(panels), 1), height_ratios=(CURVES_IN, bars_in))
-    _plot_curves(figure.add_subplot(grid[0, :]), rows)
+    top, bottom = figure.subfigures(2, 1, height_ratios=(CURVES_IN, bars_in))
+    _plot_curves(top.add_subplot(), rows)
     first = None
     for column, (panel, panel_fields) in enumerate(panels):
-        axes = figure.add_subplot(grid[1, column], sharey=first)
+        axes = bottom.add_subplot(1, len(panels), column + 1, sharey=first)
         _plot_bars(axes, panel, panel_fields, rows, labelled=first is None)
         first = first or axes
     return figure
