@@ -179,7 +179,7 @@ def test_init_refuses_an_unknown_keyword_at_once_naming_the_accepted_ones():
         scheme.init_on_sender("policy", model=nn.Linear(3, 2), pipe=trainer_end)
     assert scheme.role is None  # nothing was set up
     with pytest.raises(
-        TypeError, match=r"\['modle'\]; it accepts \['model', 'pipe', 'worker_idx'\]"
+        TypeError, match=r"\['modle'\]; it accepts \['model', 'pipe', 'worker_id', 'worker_idx'\]"
     ):
         scheme.init_on_receiver("policy", modle=nn.Linear(3, 2), pipe=worker_end)
     with pytest.raises(TypeError, match=r"\['bind', 'model', 'pipe', 'worker_id', 'worker_idx'\]"):
