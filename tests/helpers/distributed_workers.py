@@ -112,7 +112,7 @@ def run_trainer(num_workers: int, timeout: float, ctl, heartbeat: float = 5.0) -
     try:
         model = make_model(0)
         scheme = DistributedWeightSyncScheme(
-            num_workers=num_workers, timeout=timeout, join_timeout=60, heartbeat=heartbeat
+            num_workers=num_workers, timeout=timeout, join_timeout=150, heartbeat=heartbeat
         )
         scheme.init_on_sender("policy", model=model)
         ctl.send(("port", scheme.port))

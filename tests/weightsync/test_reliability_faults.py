@@ -28,7 +28,7 @@ import torch.multiprocessing as mp
 from tests.helpers.fault_workers import ready_then_serve, trainer_with_workers
 from tests.helpers.models import make_model, perturb, state_of
 from tests.helpers.shm import made_by_another_program, shm_entries
-from tests.helpers.workers import ask
+from tests.helpers.workers import REPLY_S, ask
 from weightsync import PeerDiedError, SyncTimeoutError, WeightSyncScheme
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def _fleet(procs, scheme, num_workers=2, *, keep_worker_ends=False):
         pipes.append(here)
         controls.append(ctl_here)
     for w, ctl in enumerate(controls):
-        assert ctl.poll(60), f"worker {w} did not start"
+        assert ctl.poll(REPLY_S), f"worker {w} did not start"
         assert ctl.recv()[0] == "ready"
     return pipes, controls, processes
 

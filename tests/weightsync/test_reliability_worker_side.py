@@ -28,7 +28,7 @@ from tests.helpers.worker_side import (
     slow_to_start,
     threaded_reader,
 )
-from tests.helpers.workers import ask
+from tests.helpers.workers import REPLY_S, ask
 from weightsync import SyncTimeoutError, WeightSyncScheme, WorkerRejectedError
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def _start(procs, target, scheme, *args):
     ctl_here, ctl_there = procs.pipe()
     procs.start(target, scheme, there, ctl_there, *args)
     there.close()  # the trainer keeps only its own end
-    assert ctl_here.poll(60), "the worker did not start"
+    assert ctl_here.poll(REPLY_S), "the worker did not start"
     kind, *payload = ctl_here.recv()
     assert kind == "ready", payload
     return here, ctl_here

@@ -29,14 +29,19 @@ from weightsync import (
 )
 from weightsync.schemes.distributed import SILENT_HEARTBEATS
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# How long the trainer waits for spawned workers to join: a liveness bound (each imports torch
+# first; a loaded 2-core machine has taken over a minute), never what a test measures.
+JOIN_S = 150.0
 
 
 @pytest.mark.parametrize("strategy", ["state_dict", "tensordict"])
 def test_broadcast_reaches_every_worker_exactly_on_a_private_group(procs, strategy):
     num_workers = 2
     trainer_model = make_model(seed=0)
-    scheme = DistributedWeightSyncScheme(num_workers=num_workers, strategy=strategy, timeout=30)
+    scheme = DistributedWeightSyncScheme(
+        num_workers=num_workers, strategy=strategy, timeout=30, join_timeout=JOIN_S
+    )
     scheme.init_on_sender("policy", model=trainer_model)
     assert scheme.port > 0  # picked a free port: the pickled scheme carries it to the workers
     controls = []
@@ -66,7 +71,7 @@ def test_broadcast_reaches_every_worker_exactly_on_a_private_group(procs, strate
 
 def test_a_misfit_update_is_refused_and_the_worker_keeps_its_weights(procs):
     trainer_model = make_model(seed=0)
-    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30)
+    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30, join_timeout=JOIN_S)
     scheme.init_on_sender("policy", model=trainer_model)
     here, there = procs.pipe()
     procs.start(serve_broadcasts, scheme, 0, there)
@@ -104,7 +109,9 @@ def test_workers_bind_their_own_addresses_not_the_trainers(procs):
     """Distinct loopback addresses stand in for hosts: the store listens on 127.0.0.1 only,
     each worker's link binds the worker's own address."""
     trainer_model = make_model(seed=0)
-    scheme = DistributedWeightSyncScheme(num_workers=2, host="127.0.0.1", timeout=30)
+    scheme = DistributedWeightSyncScheme(
+        num_workers=2, host="127.0.0.1", timeout=30, join_timeout=JOIN_S
+    )
     scheme.init_on_sender("policy", model=trainer_model)
     with pytest.raises(OSError):  # the store listens on the address it was given, only there
         socket.create_connection(("127.0.0.2", scheme.port), timeout=5).close()
@@ -131,7 +138,7 @@ def test_a_worker_busy_for_three_timeouts_neither_stalls_sends_nor_is_called_dea
     timeouts, and is then neither dead nor behind."""
     timeout = 2.0  # a send's bound: the worker's receiving thread takes it meanwhile
     trainer_model = make_model(seed=0)
-    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=timeout, join_timeout=60)
+    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=timeout, join_timeout=JOIN_S)
     scheme.init_on_sender("policy", model=trainer_model)
     [(_, ctl)] = _start_workers(procs, scheme, [None])
     scheme.connect()
@@ -154,7 +161,7 @@ def test_a_worker_busy_for_three_timeouts_neither_stalls_sends_nor_is_called_dea
 
 def test_a_killed_worker_is_named_and_the_survivors_keep_receiving(procs):
     trainer_model = make_model(seed=0)
-    scheme = DistributedWeightSyncScheme(num_workers=2, timeout=30)
+    scheme = DistributedWeightSyncScheme(num_workers=2, timeout=30, join_timeout=JOIN_S)
     scheme.init_on_sender("policy", model=trainer_model)
     workers = _start_workers(procs, scheme, [None, None])
     scheme.connect()
@@ -184,7 +191,11 @@ def _trainer_process(procs, num_workers: int, timeout: float, heartbeat: float =
     trainer = procs.start(run_trainer, num_workers, timeout, there, heartbeat)
     _, port = expect_reply(trainer_ctl, "pick a port")
     scheme = DistributedWeightSyncScheme(
-        num_workers=num_workers, port=port, timeout=timeout, join_timeout=60, heartbeat=heartbeat
+        num_workers=num_workers,
+        port=port,
+        timeout=timeout,
+        join_timeout=JOIN_S,
+        heartbeat=heartbeat,
     )
     return trainer, trainer_ctl, scheme
 
@@ -274,7 +285,9 @@ def test_an_idle_link_outlives_the_join_timeout_and_sends_are_not_hoarded(procs)
 
 def test_heartbeats_to_an_idle_worker_are_collected_not_hoarded(procs):
     heartbeat = 0.1
-    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30, heartbeat=heartbeat)
+    scheme = DistributedWeightSyncScheme(
+        num_workers=1, timeout=30, heartbeat=heartbeat, join_timeout=JOIN_S
+    )
     scheme.init_on_sender("policy", model=make_model(seed=0))
     [(_, ctl)] = _start_workers(procs, scheme, [None])
     scheme.connect()
@@ -294,7 +307,7 @@ def test_heartbeats_to_an_idle_worker_are_collected_not_hoarded(procs):
 
 
 def test_an_idle_worker_costs_no_measurable_cpu(procs):
-    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30)
+    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30, join_timeout=JOIN_S)
     scheme.init_on_sender("policy", model=make_model(seed=0))
     [(process, ctl)] = _start_workers(procs, scheme, [None])
     scheme.connect()
@@ -311,7 +324,7 @@ def test_an_idle_worker_costs_no_measurable_cpu(procs):
 
 def test_bind_takes_an_interface_name(procs):
     trainer_model = make_model(seed=0)
-    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30, bind="lo")
+    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30, bind="lo", join_timeout=JOIN_S)
     scheme.init_on_sender("policy", model=trainer_model)
     [(process, ctl)] = _start_workers(procs, scheme, ["lo"])
     scheme.connect()
@@ -336,7 +349,7 @@ def test_without_bind_gloo_socket_ifname_is_honoured(monkeypatch):
 def test_a_stopped_worker_is_named_after_the_timeout_and_catches_up_when_resumed(procs):
     trainer_model = make_model(seed=0)
     # the stopped worker is waited for this long; the running one must take a send within it
-    scheme = DistributedWeightSyncScheme(num_workers=2, timeout=4.0, join_timeout=60)
+    scheme = DistributedWeightSyncScheme(num_workers=2, timeout=4.0, join_timeout=JOIN_S)
     scheme.init_on_sender("policy", model=trainer_model)
     workers = _start_workers(procs, scheme, [None, None])
     scheme.connect()
@@ -367,7 +380,7 @@ def test_given_weights_reach_the_worker_and_never_the_trainers_model(procs):
     """The trainer's model lives in the broadcast buffer (bind_source): weights passed to
     ``send()`` must be broadcast from a buffer of their own, not written over the model."""
     trainer_model = make_model(seed=0)
-    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30)
+    scheme = DistributedWeightSyncScheme(num_workers=1, timeout=30, join_timeout=JOIN_S)
     scheme.init_on_sender("policy", model=trainer_model)
     here, there = procs.pipe()
     procs.start(serve_broadcasts, scheme, 0, there)
