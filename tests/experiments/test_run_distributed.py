@@ -135,7 +135,7 @@ def test_a_killed_worker_rank_is_named_and_the_run_goes_on_with_the_survivor(slu
     ranks.wait_for_iterations(2)
     os.kill(ranks.procs[2].pid, signal.SIGKILL)  # rank 2 = worker 1
     assert ranks.wait(0, within_s=150) == 0, ranks.output(0)
-    assert ranks.wait(1, within_s=10) == 0, ranks.output(1)
+    assert ranks.wait(1, within_s=30) == 0, ranks.output(1)  # liveness: it ends with rank 0
     summary = _summary(ranks.out[0])
     assert summary["status"] == "completed", summary
     assert "going on without worker(s) [1]: worker 1 (rank 2)" in ranks.output(0, tail=None)
@@ -149,6 +149,6 @@ def test_every_worker_rank_exits_when_rank_0_is_killed(slurm):
     ranks = slurm(f"sync.timeout={timeout}", "run.total_frames=100000000")
     ranks.wait_for_iterations(2)
     os.kill(ranks.procs[0].pid, signal.SIGKILL)
-    for rank in (1, 2):
-        assert ranks.wait(rank, within_s=timeout) == 0, ranks.output(rank)
+    for rank in (1, 2):  # a liveness bound: a dead link is seen at once on an idle machine
+        assert ranks.wait(rank, within_s=timeout + 30) == 0, ranks.output(rank)
         assert "Traceback" not in ranks.output(rank), ranks.output(rank)
