@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 
 def _children(pid: int) -> list[int]:
@@ -64,9 +64,10 @@ class Run:
         )
         self.workers: list[int] = []
 
-    def wait_for_iterations(self, n: int, within_s: float = 90.0, num_workers: int = 2) -> None:
+    def wait_for_iterations(self, n: int, within_s: float = 240.0, num_workers: int = 2) -> None:
         """Wait until ``n`` metrics lines are written and all ``num_workers`` worker processes
-        are seen; remember them."""
+        are seen; remember them. ``within_s`` is a liveness bound: start-up takes seconds on an
+        idle machine, but a minute or more on a loaded one."""
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"run.py exited early:\n{self.output()}"
@@ -175,7 +176,7 @@ def test_worker_killed_mid_run_with_continue_finishes_with_the_survivor(runs):
     run.wait_for_iterations(2)
     victim = run.workers[1]
     os.kill(victim, signal.SIGKILL)
-    code = run.wait(within_s=90.0)
+    code = run.wait(within_s=240.0)  # a liveness bound: 46 more iterations
     assert code == 0, run.output()
     records = run.metrics()
     assert records[0]["num_workers"] == 2 and records[-1]["num_workers"] == 1
