@@ -18,6 +18,7 @@ from torch import nn
 
 from tests.helpers.collector_workers import collector_worker, meta_linear
 from tests.helpers.inprocess import ThreadWorker, connected_pair
+from tests.helpers.workers import REPLY_S
 from weightsync import (
     DistributedWeightSyncScheme,
     MPTransport,
@@ -238,7 +239,9 @@ def test_the_collector_protocol_with_spawned_workers(backend, procs):
     def ask_all() -> list:
         for ctl, _ in controls:
             ctl.send("report")
-        return [ctl.recv() if ctl.poll(60) else pytest.fail("worker silent") for ctl, _ in controls]
+        return [
+            ctl.recv() if ctl.poll(REPLY_S) else pytest.fail("worker silent") for ctl, _ in controls
+        ]
 
     initial = {k: v.clone() for k, v in policy.state_dict().items()}
     for state, version, policy_version in ask_all():
