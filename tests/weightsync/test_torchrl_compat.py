@@ -18,6 +18,7 @@ from torch import nn
 
 from tests.helpers.collector_workers import collector_worker, meta_linear
 from tests.helpers.inprocess import ThreadWorker, connected_pair
+from tests.helpers.workers import REPLY_S
 from weightsync import (
     DistributedWeightSyncScheme,
     MPTransport,
@@ -179,7 +180,7 @@ def test_init_refuses_an_unknown_keyword_at_once_naming_the_accepted_ones():
         scheme.init_on_sender("policy", model=nn.Linear(3, 2), pipe=trainer_end)
     assert scheme.role is None  # nothing was set up
     with pytest.raises(
-        TypeError, match=r"\['modle'\]; it accepts \['model', 'pipe', 'worker_idx'\]"
+        TypeError, match=r"\['modle'\]; it accepts \['model', 'pipe', 'worker_id', 'worker_idx'\]"
     ):
         scheme.init_on_receiver("policy", modle=nn.Linear(3, 2), pipe=worker_end)
     with pytest.raises(TypeError, match=r"\['bind', 'model', 'pipe', 'worker_id', 'worker_idx'\]"):
@@ -238,7 +239,9 @@ def test_the_collector_protocol_with_spawned_workers(backend, procs):
     def ask_all() -> list:
         for ctl, _ in controls:
             ctl.send("report")
-        return [ctl.recv() if ctl.poll(60) else pytest.fail("worker silent") for ctl, _ in controls]
+        return [
+            ctl.recv() if ctl.poll(REPLY_S) else pytest.fail("worker silent") for ctl, _ in controls
+        ]
 
     initial = {k: v.clone() for k, v in policy.state_dict().items()}
     for state, version, policy_version in ask_all():

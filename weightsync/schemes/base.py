@@ -94,8 +94,10 @@ class WeightSyncScheme(ABC):
         "receiver": [],
     }
     #: The keywords ``init_on_sender`` / ``init_on_receiver`` take (a scheme adds its own).
+    #: ``worker_id=`` (the worker's index) is taken by every scheme, so that code written for
+    #: any scheme can pass it: the distributed scheme needs it, the others know it from the pipe.
     sender_keywords: ClassVar[tuple[str, ...]] = ("model", "pipes", "num_workers", "processes")
-    receiver_keywords: ClassVar[tuple[str, ...]] = ("model", "pipe")
+    receiver_keywords: ClassVar[tuple[str, ...]] = ("model", "pipe", "worker_id")
     #: Drop keywords no one takes instead of refusing them (the reference API's ``none`` scheme).
     ignores_unknown_keywords: ClassVar[bool] = False
 

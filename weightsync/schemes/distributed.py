@@ -60,7 +60,7 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         scheme.connect()
     """
 
-    receiver_keywords = (*WeightSyncScheme.receiver_keywords, "worker_id", "bind")
+    receiver_keywords = (*WeightSyncScheme.receiver_keywords, "bind")
 
     def __init__(
         self,
