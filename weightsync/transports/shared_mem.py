@@ -376,17 +376,17 @@ class SharedMemTransport:
         self._failure = failure
 
     def finish(self, timeout: float | None = None) -> None:
-        """Block until the snapshot started by :meth:`start` is published."""
-        if self._pending is None:
-            return
+        """Block until the snapshot started by :meth:`start` is published (none is pending when
+        the send created the ring); then raise what :meth:`start` found about the workers."""
         pending, self._pending = self._pending, None
-        timeout = self.timeout if timeout is None else timeout
-        try:
-            pending.result(timeout)
-        except TimeoutError as err:
-            raise SyncTimeoutError(
-                f"writing a shared-memory snapshot did not finish within {timeout:g} s"
-            ) from err
+        if pending is not None:
+            timeout = self.timeout if timeout is None else timeout
+            try:
+                pending.result(timeout)
+            except TimeoutError as err:
+                raise SyncTimeoutError(
+                    f"writing a shared-memory snapshot did not finish within {timeout:g} s"
+                ) from err
         failure, self._failure = self._failure, None
         if failure is not None:
             raise failure
