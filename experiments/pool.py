@@ -25,7 +25,16 @@ import torch.multiprocessing as mp
 from tensordict import TensorDict
 from torch import nn
 
-from experiments.worker import COLLECT, MODEL_ID, READY, REPORT, STOP, WorkerSpec, run_worker
+from experiments.worker import (
+    COLLECT,
+    FAILED,
+    MODEL_ID,
+    READY,
+    REPORT,
+    STOP,
+    WorkerSpec,
+    run_worker,
+)
 from weightsync import PeerDiedError, SyncTimeoutError, WeightSyncScheme
 
 log = logging.getLogger(__name__)
@@ -141,7 +150,7 @@ class WorkerPool:
         rollouts = []
         for w in list(self.active):
             try:
-                rollouts.append(pickle.loads(self._receive_bytes(w)))
+                rollouts.append(self._unless_failed(w, pickle.loads(self._receive_bytes(w))))
             except RunStopped as err:
                 self.drop([w], str(err))
         return rollouts
@@ -192,8 +201,15 @@ class WorkerPool:
 
     # ------------------------------------------------------------------------------ internals
     def _receive(self, w: int, timeout: float, doing: str) -> Any:
-        """The next object worker ``w`` sends; RunStopped if it is gone or silent."""
-        return self._read(w, timeout, doing, self._data[w].recv)
+        """The next object worker ``w`` sends; RunStopped if it is gone, silent or failed."""
+        return self._unless_failed(w, self._read(w, timeout, doing, self._data[w].recv))
+
+    @staticmethod
+    def _unless_failed(w: int, message: Any) -> Any:
+        """``message``, unless it is worker ``w``'s ``(FAILED, traceback)``: RunStopped with it."""
+        if isinstance(message, tuple) and message[:1] == (FAILED,):
+            raise RunStopped(f"worker {w} failed:\n{message[1].rstrip()}")
+        return message
 
     def _receive_bytes(self, w: int) -> bytes:
         """The next raw message worker ``w`` sends (a pickled rollout)."""

@@ -13,13 +13,17 @@ Between commands the worker keeps calling ``scheme.receive()`` so that new weigh
 rollout, so that it acts with the newest version it can have.
 
 The worker exits on ``STOP``, when the scheme is shut down, and when the trainer is gone: end of
-file on either pipe (``EOFError``, ``PeerDiedError``) or a broken pipe when it sends. It never
-modifies its policy's parameters, which for ``shared-mem`` are views of a read-only snapshot.
+file on either pipe (``EOFError``, ``PeerDiedError``) or a broken pipe when it sends. When its
+env or policy raises, it sends ``(FAILED, traceback)`` in place of the answer the trainer
+waits for, then exits. It never modifies its policy's parameters, which for ``shared-mem`` are
+views of a read-only snapshot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -34,6 +38,7 @@ from experiments.rollout import collect_rollout
 from weightsync import PeerDiedError, WeightSyncScheme
 
 READY, COLLECT, REPORT, STOP = "ready", "collect", "report", "stop"
+FAILED = "failed"  # worker -> trainer: (FAILED, traceback) in place of an answer, then it exits
 MODEL_ID = "policy"
 IDLE_WAKEUP_S = 0.05  # an idle worker checks for new weights at least this often
 
@@ -59,6 +64,11 @@ def run_worker(
         _serve(spec, scheme, weight_pipe, data_pipe)
     except (EOFError, BrokenPipeError, ConnectionResetError, PeerDiedError):
         pass  # the trainer is gone: there is nobody left to work for
+    except Exception:
+        # Its env or policy raised: the trainer learns why, in place of the answer it awaits.
+        with contextlib.suppress(OSError):
+            data_pipe.send((FAILED, traceback.format_exc()))
+        raise
     finally:
         scheme.shutdown()
         data_pipe.close()
