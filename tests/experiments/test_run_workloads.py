@@ -23,7 +23,8 @@ FAMILIES = {"gym": "CartPole-v1", "atari": "ALE/Pong-v5", "mujoco": "HalfCheetah
 SYNCS = ("none", "shared-mem", "pipe")
 TINY = (  # one worker, 2 envs x 16 steps, two updates; generous waits for a loaded machine
     "run.num_workers=1", "env.num_envs=2", "run.rollout_steps=16", "run.total_frames=64",
-    "learner.minibatches=2", "learner.epochs=1", "run.startup_timeout=300", "sync.timeout=120",
+    "learner.minibatches=2", "learner.epochs=1", "run.startup_timeout=300",
+    "run.rollout_timeout=300",
 )  # fmt: skip
 PARAMETERS = {"gym": 9_155, "atari": 1_687_719, "mujoco": 11_085}  # mlp, nature_cnn, mlp+log_std
 
