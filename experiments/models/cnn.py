@@ -20,7 +20,9 @@ from experiments.spaces import ActionSpace, ObservationSpace
 
 
 class PixelPolicy(Policy):
-    """A CNN trunk shared by an actor head and a critic head; subclasses build the trunk."""
+    """A trunk shared by an actor head and a critic head: ``convs`` (ending in a flatten),
+    then a ``hidden_size`` ReLU layer (orthogonally initialised with gain sqrt(2) if
+    ``orthogonal_init``); subclasses build the convolutions."""
 
     observation_kind = "pixels"
 
@@ -28,15 +30,20 @@ class PixelPolicy(Policy):
         self,
         observation: ObservationSpace,
         action: ActionSpace,
-        trunk: nn.Module,
+        convs: nn.Sequential,
+        hidden_size: int,
         log_std_init: float,
+        orthogonal_init: bool,
     ) -> None:
         super().__init__(action, log_std_init)
-        self.trunk = trunk
         with torch.no_grad():
-            features = trunk(torch.zeros(1, *observation.shape)).shape[-1]
-        self.actor = orthogonal_(nn.Linear(features, action.size), 0.01)
-        self.critic = orthogonal_(nn.Linear(features, 1), 1.0)
+            flat = convs(torch.zeros(1, *observation.shape)).shape[-1]
+        hidden = nn.Linear(flat, hidden_size)
+        if orthogonal_init:
+            orthogonal_(hidden, math.sqrt(2.0))
+        self.trunk = nn.Sequential(convs, hidden, nn.ReLU())
+        self.actor = orthogonal_(nn.Linear(hidden_size, action.size), 0.01)
+        self.critic = orthogonal_(nn.Linear(hidden_size, 1), 1.0)
 
     def features(self, obs: Tensor) -> Tensor:
         """The trunk's features ``[..., F]`` of uint8 frames ``[..., C, H, W]``."""
@@ -82,10 +89,7 @@ class NatureCNN(PixelPolicy):
             orthogonal_(nn.Conv2d(64, 64, 3, stride=1), gain), nn.ReLU(),
             nn.Flatten(),
         )  # fmt: skip
-        with torch.no_grad():
-            flat = convs(torch.zeros(1, *observation.shape)).shape[-1]
-        trunk = nn.Sequential(convs, orthogonal_(nn.Linear(flat, hidden_size), gain), nn.ReLU())
-        super().__init__(observation, action, trunk, log_std_init)
+        super().__init__(observation, action, convs, hidden_size, log_std_init, True)
 
 
 class _ResidualBlock(nn.Module):
@@ -134,7 +138,4 @@ class ImpalaCNN(PixelPolicy):
         sizes = [observation.shape[0], *channels]
         stages = [_impala_stack(c_in, c_out) for c_in, c_out in pairwise(sizes)]
         convs = nn.Sequential(*stages, nn.ReLU(), nn.Flatten())
-        with torch.no_grad():
-            flat = convs(torch.zeros(1, *observation.shape)).shape[-1]
-        trunk = nn.Sequential(convs, nn.Linear(flat, hidden_size), nn.ReLU())
-        super().__init__(observation, action, trunk, log_std_init)
+        super().__init__(observation, action, convs, hidden_size, log_std_init, False)
