@@ -26,9 +26,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from experiments.common.config import ConfigError, from_constructor, plain
 from experiments.common.schemes import StrategyConfig
-from experiments.envs import BatchedCartPole
 from experiments.learner import PPOLearner
-from experiments.models import ACTIVATIONS, ActorCritic
+from experiments.workload import check_model_fits, env_spaces
 
 MAX_SHARED_MEM_BUFFERS = 64  # weightsync's shared-memory ring indexes its snapshots in 6 bits
 
@@ -46,8 +45,6 @@ class Device(str, Enum):
 # Functional form: "continue" is a keyword, and OmegaConf matches config values to member names.
 OnWorkerFailure = Enum("OnWorkerFailure", {"stop": "stop", "continue": "continue"}, type=str)
 OnWorkerFailure.__doc__ = "What the trainer does when a worker dies: stop the run, or go on."
-Activation = Enum("Activation", {name: name for name in ACTIVATIONS}, type=str)
-Activation.__doc__ = "Activation of the policy's hidden layers (see experiments.models)."
 
 
 class Objective(str, Enum):
@@ -60,25 +57,6 @@ class Objective(str, Enum):
     sync_latency_p50_ms = "sync_latency_p50_ms"
     sync_latency_p95_ms = "sync_latency_p95_ms"
     staleness_mean = "staleness_mean"
-
-
-@dataclass
-class ModelConfig:
-    """The policy; the env's observation size and action count are filled in when it is built."""
-
-    _target_: str = "experiments.models.ActorCritic"
-    hidden_sizes: list[int] = from_constructor(ActorCritic, "hidden_sizes")
-    activation: Activation = from_constructor(ActorCritic, "activation", Activation)
-    orthogonal_init: bool = from_constructor(ActorCritic, "orthogonal_init")
-
-
-@dataclass
-class EnvConfig:
-    """Each worker's batched environment; device and seed are filled in per worker."""
-
-    _target_: str = "experiments.envs.BatchedCartPole"
-    num_envs: int = 8  # environments per worker (the constructor has no default)
-    max_steps: int = from_constructor(BatchedCartPole, "max_steps")  # episode truncation
 
 
 @dataclass
@@ -117,6 +95,7 @@ class RunConfig:
     log_every: int = 10  # iterations between progress lines
     torch_threads: int = 1  # intra-op threads per process; 2 workers + trainer share 2 cores
     startup_timeout: float = 120.0  # seconds for the workers to spawn and import torch
+    rollout_timeout: float = 60.0  # seconds a worker may take per rollout or report
 
 
 @dataclass
@@ -127,8 +106,8 @@ class Config:
     objective: Objective = Objective.final_return  # what main() returns to a sweeper
     sync: Any = MISSING  # each sync option brings its own schema
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
+    model: Any = MISSING  # each model option brings its own schema (experiments/workload.py)
+    env: Any = MISSING  # and so does each env option
     device: DeviceConfig = field(default_factory=DeviceConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -168,16 +147,18 @@ def validate(cfg: DictConfig) -> None:
         "run.log_every": (run.log_every, "progress is logged every N iterations, N >= 1"),
         "run.torch_threads": (run.torch_threads, "each process needs a thread"),
         "env.num_envs": (env.num_envs, "each worker runs at least one environment"),
-        "env.max_steps": (env.max_steps, "an episode lasts at least one step"),
         "learner.epochs": (learner.epochs, "each update makes at least one pass"),
         "learner.minibatches": (learner.minibatches, "each pass has at least one minibatch"),
     }
+    if env.get("max_steps") is not None:
+        at_least_one["env.max_steps"] = (env.max_steps, "an episode lasts at least one step")
     for key, (value, why) in at_least_one.items():
         if value < 1:
             raise ConfigError(f"{key}={value} is not allowed: {why}. Set {key} to an integer >= 1.")
     positive = {
         "sync.timeout": cfg.sync.timeout,
         "run.startup_timeout": run.startup_timeout,
+        "run.rollout_timeout": run.rollout_timeout,
         "learner.lr": learner.lr,
     }
     for key, value in positive.items():
@@ -190,7 +171,7 @@ def validate(cfg: DictConfig) -> None:
             f"{MAX_SHARED_MEM_BUFFERS} snapshots. Set sync.num_buffers in that range, or null "
             "for num_workers + 2."
         )
-    sizes = list(cfg.model.hidden_sizes)
+    sizes = list(cfg.model.get("hidden_sizes", [1]))
     if not sizes or min(sizes) < 1:
         raise ConfigError(
             f"model.hidden_sizes={sizes} is not allowed: give one or more layer widths, each >= 1 "
@@ -210,3 +191,4 @@ def validate(cfg: DictConfig) -> None:
             "frames of one iteration's batch. Set learner.minibatches <= "
             f"{frames_per_iteration}."
         )
+    check_model_fits(cfg, env_spaces(cfg))

@@ -9,16 +9,18 @@ that each builds its own copy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
 from experiments.common.config import plain
 from experiments.learner import PPOLearner
 from experiments.loggers import MetricLogger
+from experiments.workload import env_spaces
 
 
 def env_factory(cfg: DictConfig) -> Callable[..., Any]:
@@ -27,13 +29,10 @@ def env_factory(cfg: DictConfig) -> Callable[..., Any]:
 
 
 def policy_factory(cfg: DictConfig) -> Callable[[], nn.Module]:
-    """A picklable ``make_policy()`` for ``cfg.model``, sized for ``cfg.env``'s spaces."""
-    env_cls = get_class(cfg.env._target_)
-    return instantiate(
-        plain(cfg.model),
-        obs_size=env_cls.observation_size,
-        num_actions=env_cls.num_actions,
-        _partial_=True,
+    """A picklable ``make_policy()`` for ``cfg.model``, built for ``cfg.env``'s spaces."""
+    spaces = env_spaces(cfg)
+    return functools.partial(
+        instantiate(plain(cfg.model), _partial_=True), spaces.observation, spaces.action
     )
 
 

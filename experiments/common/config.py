@@ -13,6 +13,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -48,6 +49,17 @@ def from_constructor(cls: type, name: str, convert: Callable[[Any], Any] | None 
     if isinstance(value, (list, tuple)):
         return dataclasses.field(default_factory=lambda: list(value))
     return dataclasses.field(default=value)
+
+
+def option_schema(group: str, name: str) -> Callable[[type], type]:
+    """Register the decorated dataclass in Hydra's ConfigStore as ``<group>/<name>``: the schema
+    that option ``name``'s YAML file extends (``defaults: [/<group>/<name>@_here_]``)."""
+
+    def register(cls: type) -> type:
+        ConfigStore.instance().store(group=group, name=name, node=cls)
+        return cls
+
+    return register
 
 
 def plain(node: Any) -> Any:

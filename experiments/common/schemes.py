@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
 
-from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig
 
-from experiments.common.config import from_constructor, plain
+from experiments.common.config import from_constructor, option_schema, plain
 from weightsync import (
     DistributedWeightSyncScheme,
     SharedMemWeightSyncScheme,
@@ -33,12 +32,7 @@ Schema = TypeVar("Schema", bound=type)
 
 def sync_schema(name: str) -> Callable[[Schema], Schema]:
     """Register the decorated dataclass as the schema of option ``name`` of the ``sync`` group."""
-
-    def register(cls: Schema) -> Schema:
-        ConfigStore.instance().store(group=SYNC_SCHEMA_GROUP, name=name, node=cls)
-        return cls
-
-    return register
+    return option_schema(SYNC_SCHEMA_GROUP, name)
 
 
 @dataclass

@@ -9,9 +9,12 @@ finish are reset automatically inside :meth:`BatchedCartPole.step`.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from experiments.spaces import ActionSpace, EnvSpaces, ObservationSpace
 
 GRAVITY = 9.8
 MASS_CART = 1.0
@@ -66,6 +69,15 @@ class BatchedCartPole:
         # popped, so that stepping never forces a device synchronisation.
         self._pending_returns: list[tuple[Tensor, Tensor]] = []
         self.reset()
+
+    @classmethod
+    def describe(cls, **options: Any) -> EnvSpaces:
+        """The spaces every BatchedCartPole has: 4 floats in, 2 discrete actions out."""
+        return EnvSpaces(
+            ObservationSpace("vector", (cls.observation_size,)),
+            ActionSpace("discrete", cls.num_actions),
+            "CartPole (torch, batched: observations 4 floats, actions Discrete(2))",
+        )
 
     @property
     def obs(self) -> Tensor:

@@ -1,0 +1,239 @@
+"""Gymnasium environments, vectorised inside each worker, behind the batched-env interface.
+
+:class:`GymEnv` runs ``num_envs`` copies of any registered Gymnasium env (``Acrobot-v1``,
+``LunarLander-v3``, ``Pendulum-v1``, the MuJoCo ``HalfCheetah-v5``, ...) in one
+``gymnasium.vector.SyncVectorEnv`` (the workers are the processes; a worker steps its envs in
+turn) and offers what :class:`~experiments.envs.BatchedCartPole` offers: ``obs``, ``step``
+returning the true next observations, ``pop_finished_returns``. Episodes reset in the step that
+ends them (Gymnasium's ``SAME_STEP`` autoreset), so each step is a real transition and the
+final observation of a truncated episode is there to bootstrap from.
+
+Each wrapper is Gymnasium's own (:mod:`experiments.envs.atari` adds the Atari ones).
+Gymnasium (with MuJoCo for its MuJoCo envs) is the optional ``envs`` extra: this module is
+imported only when a config names one of its classes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces as gym_spaces
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from gymnasium.wrappers import (
+    ClipAction,
+    NormalizeObservation,
+    NormalizeReward,
+    RecordEpisodeStatistics,
+    TransformObservation,
+    TransformReward,
+)
+from torch import Tensor
+
+from experiments.spaces import (
+    ActionSpace,
+    EnvSpaces,
+    ObservationSpace,
+    UnsupportedSpaceError,
+)
+
+
+class GymEnv:
+    """``num_envs`` copies of the Gymnasium env ``id``, stepped together, as torch tensors.
+
+    Observations are float32 vectors ``[B, D]`` or uint8 frames ``[B, C, H, W]``; actions are
+    int64 ``[B]`` (Discrete) or float32 ``[B, A]`` (a Box, clipped to its bounds before the env
+    sees them). Tensors live on the CPU whatever ``device`` the worker gives (the simulators
+    run there).
+
+    Args:
+        id: a registered Gymnasium id; a misspelt one raises Gymnasium's own suggestion.
+        num_envs: copies of the env in this worker.
+        device: accepted for the batched-env interface; data stays on the CPU.
+        seed: copy ``i`` is reset with ``seed + i`` (None: unseeded).
+        backend: ``gymnasium`` (``SyncVectorEnv``); ``envpool`` is refused where not installed.
+        max_steps: truncate episodes after this many steps (None: the env's own limit).
+        normalize_observation: running mean/std normalisation of observations (per env copy,
+            clipped to ``[-clip, clip]``), as PPO's continuous-control setups use.
+        normalize_reward: scale rewards by a running std of the discounted return (``gamma``),
+            clipped to ``[-clip, clip]``; episode returns are still reported raw.
+        gamma: discount of the return ``normalize_reward`` tracks (the learner's).
+        clip: bound of the normalised observations and rewards.
+        make_kwargs: extra keyword arguments for ``gymnasium.make``.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        num_envs: int,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+        *,
+        backend: str,
+        max_steps: int | None,
+        normalize_observation: bool,
+        normalize_reward: bool,
+        gamma: float,
+        clip: float,
+        make_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be positive, got {num_envs}")
+        check_backend(backend)
+        self.id = id
+        self.num_envs = num_envs
+        self.device = torch.device("cpu")
+        self._options = {
+            "max_steps": max_steps,
+            "normalize_observation": normalize_observation,
+            "normalize_reward": normalize_reward,
+            "gamma": gamma,
+            "clip": clip,
+            "make_kwargs": dict(make_kwargs or {}),
+        }
+        self._envs = SyncVectorEnv(
+            [self._make_one] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP
+        )
+        self.spaces = spaces_of(id, self._envs.single_observation_space,
+                                self._envs.single_action_space)  # fmt: skip
+        obs, _ = self._envs.reset(seed=seed)
+        self._obs = self._to_tensor(obs)
+        self._finished: list[np.ndarray] = []
+
+    @classmethod
+    def describe(cls, id: str, **options: Any) -> EnvSpaces:
+        """The spaces of ``id`` as wrapped here, read from one copy (built, then closed)."""
+        options.pop("num_envs", None)
+        check_backend(options.pop("backend", "gymnasium"))
+        env = cls._make(id, **options)
+        try:
+            return spaces_of(id, env.observation_space, env.action_space)
+        finally:
+            env.close()
+
+    @property
+    def obs(self) -> Tensor:
+        """Observations ``[B, ...]`` to act on next (reset already, where an episode ended)."""
+        return self._obs
+
+    def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Apply one action per env; ``(next_obs, reward, terminated, truncated)`` as in
+        :meth:`BatchedCartPole.step`: ``next_obs`` is the true next observation (the final one
+        where an episode ended), :attr:`obs` the one to act on next."""
+        obs, reward, terminated, truncated, info = self._envs.step(action.cpu().numpy())
+        self._obs = self._to_tensor(obs)
+        next_obs = self._obs
+        if "_final_obs" in info:
+            ended = info["_final_obs"]
+            final = np.stack(info["final_obs"][ended])
+            next_obs = next_obs.clone()
+            next_obs[torch.from_numpy(ended)] = self._to_tensor(final)
+            episodes = info["final_info"].get("episode")
+            if episodes is not None:
+                self._finished.append(episodes["r"][info["final_info"]["_episode"]])
+        return (
+            next_obs,
+            torch.as_tensor(reward, dtype=torch.float32),
+            torch.from_numpy(terminated),
+            torch.from_numpy(truncated),
+        )
+
+    def pop_finished_returns(self) -> Tensor:
+        """Raw returns (float32 ``[N]``) of the episodes ended since the last call."""
+        finished = np.concatenate(self._finished) if self._finished else np.zeros(0)
+        self._finished = []
+        return torch.as_tensor(finished, dtype=torch.float32)
+
+    def close(self) -> None:
+        """Close every copy of the env."""
+        self._envs.close()
+
+    def _to_tensor(self, obs: np.ndarray) -> Tensor:
+        """uint8 frames as they are (no copy); vectors as float32."""
+        if obs.dtype == np.uint8:
+            return torch.from_numpy(obs)
+        return torch.as_tensor(obs, dtype=torch.float32)
+
+    def _make_one(self) -> gym.Env:
+        return self._make(self.id, **self._options)
+
+    @classmethod
+    def _make(
+        cls,
+        id: str,
+        *,
+        max_steps: int | None,
+        normalize_observation: bool,
+        normalize_reward: bool,
+        gamma: float,
+        clip: float,
+        make_kwargs: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> gym.Env:
+        """One copy of ``id`` with the wrappers of this env family."""
+        env = gym.make(id, max_episode_steps=max_steps, **(make_kwargs or {}))
+        env = RecordEpisodeStatistics(env)  # first: the returns reported are the env's own
+        if isinstance(env.action_space, gym_spaces.Box):
+            env = ClipAction(env)
+        if normalize_observation:
+            env = NormalizeObservation(env)
+            env = TransformObservation(env, lambda o: np.clip(o, -clip, clip), None)
+        if normalize_reward:
+            env = NormalizeReward(env, gamma=gamma)
+            env = TransformReward(env, lambda r: np.clip(r, -clip, clip))
+        return cls._wrap(env, **extra)
+
+    @classmethod
+    def _wrap(cls, env: gym.Env, **extra: Any) -> gym.Env:
+        """This family's own wrappers (none for plain Gymnasium envs)."""
+        if extra:
+            raise TypeError(f"{cls.__name__} takes no options {sorted(extra)}")
+        return env
+
+
+def check_backend(backend: str) -> None:
+    """Refuse ``env.backend=envpool``: EnvPool is not wired in (and needs installing)."""
+    if backend == "gymnasium":
+        return
+    if backend == "envpool":
+        where = (
+            "it is installed, but weightsync does not drive it yet"
+            if importlib.util.find_spec("envpool")
+            else "it is not installed here (pip install envpool; wheels exist for Linux, "
+            "Python <= 3.11)"
+        )
+        raise ValueError(
+            f"env.backend=envpool is not available: {where}. Use env.backend=gymnasium."
+        )
+    raise ValueError(f"env.backend={backend!r} is not a backend: use gymnasium (or envpool)")
+
+
+def spaces_of(id: str, observation: gym.Space, action: gym.Space) -> EnvSpaces:
+    """``id``'s Gymnasium spaces as the :class:`EnvSpaces` a policy is built for."""
+    name = f"{id} (observations {observation}, actions {action})"
+    if (
+        isinstance(observation, gym_spaces.Box)
+        and observation.dtype == np.uint8
+        and len(observation.shape) == 3
+    ):
+        obs = ObservationSpace("pixels", tuple(observation.shape))
+    elif isinstance(observation, gym_spaces.Box) and len(observation.shape) == 1:
+        obs = ObservationSpace("vector", tuple(observation.shape))
+    else:
+        raise UnsupportedSpaceError(
+            f"{id} has observations {observation}: no policy here reads them. Policies read a "
+            "1-D Box (model=mlp) or uint8 frames [C, H, W] (model=nature_cnn, model=impala_cnn)."
+        )
+    if isinstance(action, gym_spaces.Discrete):
+        act = ActionSpace("discrete", int(action.n))
+    elif isinstance(action, gym_spaces.Box) and len(action.shape) == 1:
+        act = ActionSpace("continuous", int(action.shape[0]))
+    else:
+        raise UnsupportedSpaceError(
+            f"{id} has actions {action}: no policy here acts in them. Policies act in a "
+            "Discrete space (categorical) or a 1-D Box (Gaussian)."
+        )
+    return EnvSpaces(obs, act, name)
