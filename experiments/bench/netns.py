@@ -45,6 +45,11 @@ def unavailable() -> str | None:
         return "iproute2's `ip` is not installed"
     if os.geteuid() != 0:
         return "network namespaces need root"
+    probe = f"ws{os.getpid() % 100000}probe"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"`ip netns add` fails here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
 
 
@@ -120,7 +125,9 @@ def torchrun_two_hosts(hosts: tuple[Host, Host], nproc_per_node: int, out: Path,
             f"--master-port={port}", "run.py", "sync=distributed",
             f"hydra.run.dir={out / f'node{node}'}", *overrides,
         )  # fmt: skip
-        procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        )
     try:
         codes = [proc.wait(timeout) for proc in procs]
     finally:

@@ -22,7 +22,10 @@ HOSTS = ["a", "b", "b"]
 def _start(procs, timeout: float = 30.0):
     trainer_model = make_model(seed=0)
     scheme = DistributedWeightSyncScheme(
-        num_workers=len(HOSTS), topology="per_host", host_id="a", timeout=timeout,
+        num_workers=len(HOSTS),
+        topology="per_host",
+        host_id="a",
+        timeout=timeout,
         join_timeout=120,
     )
     scheme.init_on_sender("policy", model=trainer_model)
@@ -58,8 +61,9 @@ def test_each_host_gets_one_copy_and_every_worker_the_exact_weights(procs):
 
 def test_a_refusal_is_named_by_worker_and_every_worker_keeps_its_weights(procs):
     scheme, trainer_model, workers = _start(procs)
+    state = trainer_model.state_dict()
     wrong = {k: v.double() if v.is_floating_point() else v
-             for k, v in trainer_model.state_dict().items() if isinstance(v, torch.Tensor)}  # fmt: skip
+             for k, v in state.items() if isinstance(v, torch.Tensor)}  # fmt: skip
     with pytest.raises(WorkerRejectedError, match="float64") as info:
         scheme.send(wrong)
     assert info.value.workers == [0, 1, 2]  # each validated the snapshot itself

@@ -379,8 +379,8 @@ class DistributedSender:
             message = header(Msg.SNAPSHOT, version, len(layout) if fresh else 0)
         else:
             message = header(Msg.UPDATE, version, len(layout) if fresh else 0, int(data.is_cuda))
-        tensors = [message, *([as_bytes(layout)] if fresh else []), *([] if data is None else [data])]
-        link.send(*tensors, mark=("update", version))
+        tensors = [message, *([as_bytes(layout)] if fresh else [])]
+        link.send(*tensors, *([] if data is None else [data]), mark=("update", version))
         link.layout_sent = layout
 
     def link_failed(self, worker_id: int, reason: str) -> None:

@@ -184,8 +184,8 @@ class RingServer:
 def _create_ring(layout: FlatLayout, extra_keys: list[str], num_readers: int) -> SnapshotRing:
     """A ring of ``num_readers + 2`` snapshots (a free one always exists) for ``layout``."""
     num_buffers = num_readers + 2
-    check_room(num_buffers * layout.total_bytes,
-               f"this host's ring of {num_buffers} snapshots of {layout.total_bytes} bytes")  # fmt: skip
+    what = f"this host's ring of {num_buffers} snapshots of {layout.total_bytes} bytes"
+    check_room(num_buffers * layout.total_bytes, what)
     buffers = [FlatBuffer(layout, extra_keys=extra_keys) for _ in range(num_buffers)]
     control = torch.full((1 + 2 * num_readers,), _NONE, dtype=torch.int64).share_memory_()
     return SnapshotRing(buffers, control)
@@ -254,10 +254,9 @@ class RingClient:
             sock = self._open()
         except PeerDiedError as err:
             return err
-        with sock:
-            with contextlib.suppress(OSError):
-                while sock.recv(1):
-                    pass
+        with sock, contextlib.suppress(OSError):
+            while sock.recv(1):
+                pass
         return self._lost()
 
     def _lost(self) -> PeerDiedError:

@@ -263,5 +263,3 @@ class PerHostReceiver(DistributedReceiver):
         for end in (self._server, self._client):
             if end is not None:
                 end.close()
-
-
