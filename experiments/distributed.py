@@ -8,7 +8,7 @@ it builds its copy of the policy and its environments, receives weights through 
 scheme, and on each command collects a rollout with its policy and sends it to rank 0.
 
 Commands and rollouts travel over one private two-rank gloo link per worker
-(:class:`weightsync.transports.c10d.Link`), built from a store of their own on
+(:class:`weightsync.transports.Link`), built from a store of their own on
 ``MASTER_PORT + ROLLOUT_PORT_OFFSET`` (the scheme's store is on ``MASTER_PORT + 1``; torchrun's own
 on ``MASTER_PORT``). A rollout is a TensorDict tagged with ``policy_version``, sent as one
 contiguous buffer after a JSON description of its keys, dtypes, shapes and batch sizes: no pickles.
@@ -39,7 +39,7 @@ from experiments.worker import MODEL_ID
 from weightsync import DistributedWeightSyncScheme, WeightSyncScheme
 from weightsync.flat import FlatBuffer, FlatLayout
 from weightsync.launch import LaunchInfo
-from weightsync.transports.c10d import (
+from weightsync.transports import (
     Link,
     as_bytes,
     decode_layout,

@@ -35,6 +35,7 @@ import functools
 import logging
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -217,6 +218,7 @@ class TorchRLSchemeMixin:
             )
         pairs = [ctx.Pipe() for _ in range(num_workers)]
         kwargs["pipes"] = [trainer_end for trainer_end, _ in pairs]
+        kwargs.setdefault("processes", CollectorWorkers(context))
         self._carried_pipes = [worker_end for _, worker_end in pairs]
         self._collector_mode = True  # pickled to the workers with the carried ends
         self.materialize_meta = True  # the collector strips the workers' policy to `meta`
@@ -335,6 +337,55 @@ class TorchRLSchemeMixin:
         update = getattr(self._context, "update_policy_weights_", None)
         if callable(update) and isinstance(self._model, nn.Module):
             update(policy_or_weights=TensorDict.from_module(self._model))
+
+
+class CollectorWorker:
+    """A TorchRL collector's worker process as the transports watch it
+    (:class:`~weightsync.transports.ProcessHandle`), with what it reported before it ended: a
+    collector worker whose set-up fails (its env factory raises) sends its exception over the
+    collector's own pipe and exits."""
+
+    def __init__(self, process: Any, pipe: Any):
+        self.process = process
+        self.pipe = pipe
+        self.pid = process.pid
+        self.sentinel = process.sentinel
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.exitcode
+
+    def join(self, timeout: float | None = None) -> None:
+        self.process.join(timeout)
+
+    def last_words(self) -> str | None:
+        """The exception the worker reported on the collector's pipe, if any (read only once
+        the worker has ended: nobody else will read it then)."""
+        with contextlib.suppress(EOFError, OSError):
+            if self.pipe is not None and self.pipe.poll(0):
+                said = self.pipe.recv()
+                if isinstance(said, dict) and said.get("error"):
+                    return (
+                        f"{said.get('exception_type')}: {said.get('exception_msg')}\n"
+                        f"Worker traceback:\n{said.get('traceback', '')}"
+                    )
+        return None
+
+
+class CollectorWorkers(Sequence):
+    """A collector's worker processes, by worker index, read when a transport waits: the
+    collector sets its scheme up before it starts them, and connects it after."""
+
+    def __init__(self, collector: Any):
+        self.collector = collector
+
+    def __len__(self) -> int:
+        return len(getattr(self.collector, "procs", None) or [])
+
+    def __getitem__(self, index: int) -> CollectorWorker:
+        pipes = getattr(self.collector, "pipes", None) or []
+        pipe = pipes[index] if index < len(pipes) else None
+        return CollectorWorker(self.collector.procs[index], pipe)
 
 
 def _guard_rollouts(collector: Any, lock: threading.RLock) -> None:

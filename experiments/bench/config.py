@@ -41,6 +41,8 @@ class BenchConfig:
         floor_repeats: repetitions of the copies that measure the memcpy floor (and, for
             ``distributed``, of the raw gloo broadcast that measures the medium's limit).
         timeout_s: the scheme's timeout, and how long to wait for a worker's report.
+        trainer_device, worker_device: where the trainer's and the workers' models live
+            (``"cuda"``, ``"cuda:1"``: the CUDA cases, run by ``.ci/gpu-check``).
         schemes, strategies: used only when the config has no ``sync``/``strategy`` node.
         output_dir: where ``results.json`` and ``results.md`` go (default: the Hydra job's
             output directory, or the current one).
@@ -57,6 +59,8 @@ class BenchConfig:
     flatness_max_mb: float = 50.0
     floor_repeats: int = 10
     timeout_s: float = 60.0
+    trainer_device: str = "cpu"
+    worker_device: str = "cpu"
     schemes: list[str] = field(default_factory=lambda: ["none", "shared-mem", "pipe"])
     strategies: list[str] = field(default_factory=lambda: ["state_dict"])
     output_dir: str | None = None

@@ -59,14 +59,7 @@ def model_bytes(model: nn.Module) -> int:
 
 def shared_bytes(scheme: WeightSyncScheme) -> int:
     """Bytes of shared memory the scheme's trainer-side transport holds (buffers it created)."""
-    transport = getattr(scheme, "_transport", None)
-    total = 0
-    for ring in getattr(transport, "rings", {}).values():
-        total += sum(b.data.numel() * b.data.element_size() for b in ring.buffers)
-    staging = getattr(transport, "staging", None)
-    if staging is not None and staging.data.is_shared():
-        total += staging.data.numel() * staging.data.element_size()
-    return total
+    return scheme.get_sender().transport.shared_bytes
 
 
 class _Case:
@@ -100,12 +93,13 @@ class _Case:
                     self.control,
                     self.threads,
                     cfg.poll_timeout_s,
+                    cfg.worker_device,
                 ),
                 daemon=True,
             )
             for w, (_, worker_end) in enumerate(self.pipes)
         ]
-        self.model = build_model(model_name, seed=0)
+        self.model = build_model(model_name, seed=0).to(cfg.trainer_device)
         self.sender = None
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -116,7 +110,10 @@ class _Case:
         self.rss_base = [rss_mb(p.pid) for p in self.procs]
         stamp(self.model, 1)  # connect() sends version 1; a worker may see it in its loop
         self.scheme.init_on_sender(
-            "policy", model=self.model, pipes=[trainer_end for trainer_end, _ in self.pipes]
+            "policy",
+            model=self.model,
+            pipes=[trainer_end for trainer_end, _ in self.pipes],
+            processes=self.procs,
         )
         self.scheme.connect()
         self.sender = self.scheme.get_sender()
@@ -181,7 +178,7 @@ class _Case:
 
 
 def _forward_backward(model: nn.Module, batch: int) -> Callable[[], None]:
-    x = torch.randn(batch, input_size(model))
+    x = torch.randn(batch, input_size(model), device=next(model.parameters()).device)
 
     def fb() -> None:
         model(x).sum().backward()

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from weightsync.transports.c10d import open_store
+from weightsync.transports import open_store
 
 
 def _rank(rank: int, size: int, port: int, nbytes: int, repeats: int, done, out) -> None:

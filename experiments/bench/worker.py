@@ -36,12 +36,13 @@ def run_worker(
     control: torch.Tensor,
     threads: int,
     poll_timeout_s: float,
+    device: str = "cpu",
 ) -> None:
     """Entry point of a bench worker process."""
     row = report[worker_id]
     try:
         torch.set_num_threads(threads)
-        model = build_model(model_name, seed=1000 + worker_id)
+        model = build_model(model_name, seed=1000 + worker_id).to(device)
         model.requires_grad_(False)
         row[PHASE] = BUILT
         scheme.init_on_receiver("policy", model=model, pipe=pipe, worker_id=worker_id)

@@ -26,6 +26,13 @@ def make_env() -> ContinuousActionVecMockEnv:
     return ContinuousActionVecMockEnv()
 
 
+def make_env_without_its_package() -> ContinuousActionVecMockEnv:
+    """An env factory that fails in the worker, as one whose simulator is not installed there."""
+    import an_env_package_that_is_not_installed  # noqa: F401
+
+    return make_env()
+
+
 def make_policy(bias: float = 1.0) -> tuple[TensorDictModule, nn.Linear]:
     env = make_env()
     linear = nn.Linear(env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1])

@@ -14,6 +14,7 @@ from tests.helpers.torchrl_collectors import (
     NUM_WORKERS,
     collector_of,
     make_env,
+    make_env_without_its_package,
     make_policy,
     rollout_weights,
     set_bias,
@@ -61,6 +62,31 @@ def test_every_worker_gets_the_initial_weights_and_each_update(backend):
         sender = scheme.get_sender()  # its versions count the initial weights too: 1 + 2
         assert sender.version == 3
         assert sender.acked_versions == dict.fromkeys(range(NUM_WORKERS), 3)
+
+
+@pytest.mark.timeout(90)  # far below the scheme's timeout: waiting it out fails the test
+@pytest.mark.parametrize("backend", SYNCED)
+def test_workers_whose_env_factory_fails_are_named_dead_with_their_error(backend):
+    """The collector's workers die before they connect (their env factory raises an ImportError):
+    the collector's constructor raises at once, naming each worker, its exit and its error."""
+    policy, _ = make_policy()
+    scheme = WeightSyncScheme.from_backend(backend, timeout=600.0)
+    try:
+        with pytest.raises(PeerDiedError) as caught:
+            MultiSyncCollector(
+                [make_env_without_its_package] * NUM_WORKERS,
+                policy,
+                frames_per_batch=NUM_WORKERS * 10,
+                total_frames=-1,
+                weight_sync_schemes={"policy": scheme},
+            )
+    finally:
+        scheme.shutdown()
+    message = str(caught.value)
+    assert caught.value.workers == list(range(NUM_WORKERS))
+    assert message.count("exited with code") == NUM_WORKERS
+    assert "No module named 'an_env_package_that_is_not_installed'" in message
+    assert "slow to start" not in message
 
 
 def test_none_scheme_workers_keep_the_initial_weights():

@@ -132,8 +132,10 @@ class WeightSyncScheme(LegacySchemeAPI, TorchRLSchemeMixin, ABC):
 
         The model and the pipes come from ``kwargs`` (``model=``, ``pipes=``, ``num_workers=``)
         or from ``context`` (``context.get_model(model_id)`` or the path ``model_id`` on it,
-        ``context.pipes``, ``context.num_workers``). TorchRL's collectors pass ``ctx=`` (see
-        :mod:`weightsync.torchrl`).
+        ``context.pipes``, ``context.num_workers``). ``processes=`` (or ``context.processes``),
+        the workers' processes by worker index, lets every wait name a worker whose process
+        died at once, with its exit code, even before it connected. TorchRL's collectors pass
+        ``ctx=`` (see :mod:`weightsync.torchrl`).
         """
         kwargs = self._torchrl_sender_kwargs(model_id, context, kwargs)
         self.model_id = model_id
@@ -144,6 +146,9 @@ class WeightSyncScheme(LegacySchemeAPI, TorchRLSchemeMixin, ABC):
         self._pipes = kwargs.get("pipes", getattr(context, "pipes", None))
         self._transport = self._build_sender_transport(
             self._pipes, kwargs.get("num_workers", getattr(context, "num_workers", None))
+        )
+        self._transport.watch_processes(
+            kwargs.get("processes", getattr(context, "processes", None))
         )
         close_at_exit(self._transport)  # workers exit even if shutdown() is never called
         self._sender = self._new_sender()

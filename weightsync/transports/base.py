@@ -15,10 +15,14 @@ implement and which :class:`~weightsync.MPTransport` offers.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from weightsync.flat import FlatBuffer
 from weightsync.weights import FlatWeights
+
+if TYPE_CHECKING:
+    from weightsync.transports.workers import ProcessHandle
 
 
 class Update(NamedTuple):
@@ -61,6 +65,17 @@ class SenderTransport(Protocol):
     @property
     def acked_versions(self) -> dict[int, int | None]:
         """Per live worker, the version it is known to hold (None: unknown or none yet)."""
+
+    @property
+    def shared_bytes(self) -> int:
+        """Bytes of shared memory the transport holds for its workers (snapshots, staging
+        buffers); 0 when its buffers are private. What a benchmark reports as its memory."""
+
+    def watch_processes(self, processes: Sequence[ProcessHandle] | None) -> None:
+        """The workers' processes where the trainer knows them, indexed by worker id (read at
+        each wait, so the sequence may be filled later): a wait for a worker also ends when its
+        process exits, and the error names it with its exit code. A transport with nothing to
+        wait for ignores them."""
 
     def source_buffer(self, weights: FlatWeights) -> FlatBuffer | None:
         """A flat buffer laid out for ``weights`` that the trainer's model may live in, so a send

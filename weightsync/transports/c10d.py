@@ -1,6 +1,7 @@
 """``torch.distributed`` (c10d) building blocks: a store, two-rank gloo links, plain messages.
 
-The distributed transport (and the experiment framework's rollout channel) are made of these:
+The distributed transport is made of these, and they are public (exported from
+:mod:`weightsync.transports`): the experiment framework builds its rollout channel from them.
 
 * :func:`open_store` starts the trainer's ``TCPStore`` listening on the one address it is given
   (a socket bound there, handed to the store), or connects a client to it;
@@ -31,6 +32,19 @@ import torch
 import torch.distributed as dist
 
 from weightsync.flat import FlatLayout, TensorSlot
+
+__all__ = [
+    "Link",
+    "PendingSends",
+    "as_bytes",
+    "decode_layout",
+    "empty_header",
+    "encode_layout",
+    "gpu_uuid",
+    "header",
+    "nccl_usable",
+    "open_store",
+]
 
 #: Seconds a link's blocking receive may wait once connected: effectively forever, since a
 #: worker may stay idle for hours. A dead peer ends the wait at once (its socket closes).

@@ -28,7 +28,7 @@ import json
 import logging
 import threading
 import time
-import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -38,7 +38,6 @@ from weightsync.errors import (
     PeerDiedError,
     SyncTimeoutError,
     WeightSyncError,
-    WorkerRejectedError,
 )
 from weightsync.flat import FlatBuffer
 from weightsync.transports.base import Update
@@ -54,11 +53,23 @@ from weightsync.transports.c10d import (
     header,
     open_store,
 )
+from weightsync.transports.routing import (
+    HOST_STAGING_WARNING,
+    Route,
+    WarnOnce,
+    nccl_keys_done,
+    routes,
+    staging_device,
+)
+from weightsync.transports.staging import Staging
+from weightsync.transports.workers import Failures, ProcessHandle, WorkerSet
 from weightsync.weights import FlatWeights
 
 log = logging.getLogger(__name__)
 
 DATA, ANSWER = 1, 2  # gloo tags: trainer -> worker, worker -> trainer
+#: Seconds between two looks at the watched worker processes while the trainer waits.
+_EXIT_CHECK_S = 0.1
 
 
 class Msg(enum.IntEnum):
@@ -89,6 +100,7 @@ class _TrainerLink:
         self.owner = owner
         self.link: Link | None = None
         self.failure: str | None = None  # why this worker can no longer be reached
+        self.died = False  # its process is known to have ended
         self.answers: dict[int, str] = {}  # version -> "busy", "applied" or a refusal
         self.acked: int | None = None
         self.said_hello = False
@@ -174,8 +186,8 @@ class _TrainerLink:
             # The worker has the whole update: its sends are complete (on the GPU too) before
             # finish() hears of it, and the trainer may write the buffer again.
             self.pending.settle(("update", version))
-            joined = self.nccl_rendezvous is not None and version >= self.nccl_rendezvous
-            if kind in (Msg.BUSY, Msg.APPLIED) and joined:
+            received = kind in (Msg.BUSY, Msg.APPLIED)
+            if nccl_keys_done(self.nccl_rendezvous, version, received):
                 link.forget_keys("nccl")  # the worker received over NCCL: both ranks joined it
                 self.nccl_rendezvous, self.nccl_joined = None, True
             with owner.cond:
@@ -241,11 +253,10 @@ class DistributedSender:
         self.cond = threading.Condition()
         self.closing = False
         self.waiting_for: set[int] = set()  # versions whose answers are recorded
-        self.staging: FlatBuffer | None = None  # the buffer the trainer's model may live in
-        self._given: FlatBuffer | None = None  # where weights passed to send() are staged
+        self.workers = WorkerSet(num_workers)
+        self.staging = Staging(shared=False, device_for=self._device_for)
         self._host: FlatBuffer | None = None  # a CUDA buffer's copy, for workers without CUDA
-        self._warned: set[str] = set()
-        self._retired: list[FlatBuffer] = []
+        self._warn = WarnOnce()
         self._layout: tuple[FlatBuffer, bytes] | None = None  # the staging buffer's JSON layout
         self._in_flight: tuple[str, int, list[int], FlatBuffer] | None = None
         self.links = {w: _TrainerLink(w, self) for w in range(num_workers)}
@@ -262,19 +273,47 @@ class DistributedSender:
         with self.cond:
             return {w: link.acked for w, link in self.links.items()}
 
+    @property
+    def shared_bytes(self) -> int:
+        """Bytes of shared memory this transport holds: none (its buffers are private)."""
+        return self.staging.shared_bytes
+
+    def watch_processes(self, processes: Sequence[ProcessHandle] | None) -> None:
+        """The workers' processes, where the trainer started them (see
+        :meth:`WorkerSet.watch`): a worker that dies before it joined, or while an update is
+        in flight, is named at once with its exit code instead of waited for."""
+        self.workers.watch(processes)
+
+    def _fail_exited(self, workers: list[int], doing: str) -> bool:
+        """Mark each of ``workers`` whose process has ended as failed (``doing``: what it did not
+        do); True if any. Called with ``cond`` held, at least every :data:`_EXIT_CHECK_S`."""
+        found = False
+        for w in workers:
+            link = self.links.get(w)
+            if link is not None and link.failure is None and (how := self.workers.exit_of(w)):
+                link.died = True
+                link._fail(f"died before it {doing}: {how}")
+                found = True
+        return found
+
     def rendezvous(self, timeout: float | None = None) -> None:
-        """Block until every worker has joined its link and said hello; SyncTimeoutError naming
-        the others."""
+        """Block until every worker has joined its link and said hello; an error naming the
+        others (PeerDiedError when one of them is known dead, else SyncTimeoutError)."""
         deadline = time.monotonic() + (self.join_timeout if timeout is None else timeout)
         with self.cond:
-            while not all(link.joined for link in self.links.values()):
-                if not self.cond.wait(max(0.0, deadline - time.monotonic())):
+            while unjoined := [w for w, link in self.links.items() if not link.joined]:
+                if self._fail_exited(unjoined, "joined its link"):
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     break
+                self.cond.wait(min(remaining, _EXIT_CHECK_S))
             missing = {w: link.failure or "did not join" for w, link in self.links.items()
                        if not (link.usable and link.joined)}  # fmt: skip
+            died = any(self.links[w].died for w in missing)
         if missing:
             lines = "; ".join(f"worker {w} {why}" for w, why in sorted(missing.items()))
-            raise SyncTimeoutError(
+            raise (PeerDiedError if died else SyncTimeoutError)(
                 f"not every worker joined the trainer's store on port {self.port}: {lines}. "
                 "Start every worker with the same host/port, or raise join_timeout",
                 workers=sorted(missing),
@@ -282,47 +321,22 @@ class DistributedSender:
 
     def source_buffer(self, weights: FlatWeights) -> FlatBuffer | None:
         """The buffer the trainer's model may live in: sends then copy nothing."""
-        device = self._device_for(weights)
-        if self.staging is None or self._misfits(self.staging, weights, device):
-            self.staging = FlatBuffer.for_weights(weights, shared=False, device=device)
-        return self.staging
-
-    def _given_buffer(self, weights: FlatWeights) -> FlatBuffer:
-        """A buffer of its own for weights passed to ``send()``: never the one the trainer's
-        model lives in, which those weights must not overwrite."""
-        device = self._device_for(weights)
-        if self._given is None or self._misfits(self._given, weights, device):
-            self._given = FlatBuffer.for_weights(weights, shared=False, device=device)
-        return self._given
-
-    @staticmethod
-    def _misfits(buffer: FlatBuffer, weights: FlatWeights, device: torch.device) -> bool:
-        return buffer.data.device != device or bool(buffer.mismatches(weights))
+        return self.staging.source(weights)
 
     def _device_for(self, weights: FlatWeights) -> torch.device:
-        """Where the buffer for ``weights`` lives: their GPU when they are all on one and NCCL
-        may carry them, else host memory (CUDA weights then staged, with a warning)."""
-        devices = {t.device for t in weights.tensors.values()}
-        on_gpu = any(d.type == "cuda" for d in devices)
-        if on_gpu and len(devices) == 1 and self.use_nccl:
-            return devices.pop()
-        if on_gpu:
-            self._warn_once(
-                "host",
-                "the model lives on the GPU but this trainer cannot send it over NCCL (no NCCL, "
-                "backend='gloo', or its tensors are on several devices): every update is copied "
-                "through host memory",
-            )
-        return torch.device("cpu")
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, stacklevel=5)
+        """Where the buffer for ``weights`` lives (see :func:`staging_device`); CUDA weights
+        staged in host memory are warned about once."""
+        device, fell_back = staging_device(
+            (t.device for t in weights.tensors.values()), self.use_nccl
+        )
+        if fell_back:
+            self._warn("host", HOST_STAGING_WARNING, stacklevel=6)
+        return device
 
     def retired(self, buffer: FlatBuffer) -> bool:
-        """True for a buffer a timed-out worker's send may still read from."""
-        return any(buffer is old for old in self._retired)
+        """True for a buffer the trainer's model must move out of: a timed-out worker's send
+        may still read from it, or a newer one replaced it."""
+        return self.staging.retired(buffer)
 
     def start(
         self,
@@ -334,19 +348,8 @@ class DistributedSender:
         source: FlatBuffer | None = None,
     ) -> None:
         """Queue the update to every chosen worker and return (no waiting on any worker)."""
-        live = sorted(self.links)
-        targets = live if worker_ids is None else sorted(set(worker_ids))
-        unknown = [w for w in targets if w not in self.links]
-        if unknown:
-            raise ValueError(
-                f"unknown or removed worker id(s) {unknown}: the live workers are {live}"
-            )
-        bound = source is not None and source is self.staging  # the trainer's model lives in it
-        buffer = source if bound else self._given_buffer(weights)
-        if bound:
-            buffer.write_extra(weights.extra)
-        else:
-            buffer.write(weights)
+        targets = self.workers.targets(worker_ids)
+        _, buffer = self.staging.stage(weights, source)
         if self._layout is None or self._layout[0] is not buffer:
             self._layout = (buffer, encode_layout(buffer.layout, buffer.extra_keys))
         layout = self._layout[1]
@@ -354,13 +357,14 @@ class DistributedSender:
             self.waiting_for = {version}
             for link in self.links.values():
                 link.answers.clear()
-        direct = self._nccl_targets(buffer, targets)
-        host = self._host_copy(buffer, [w for w in targets if w not in direct])
+        buffer_gpu = gpu_uuid(buffer.data.device) if buffer.data.is_cuda else None
+        ways = routes(buffer_gpu, {w: self.links[w].gpu for w in targets}, self.use_nccl)
+        host = self._host_copy(buffer, [w for w, way in ways.items() if way is Route.HOST_COPY])
         for w in targets:
             link = self.links[w]
             if not link.usable:
                 continue  # named by finish()
-            data = buffer.data if w in direct or host is None else host.data
+            data = host.data if ways[w] is Route.HOST_COPY else buffer.data
             try:
                 self._send_update(link, version, layout, data)
             except RuntimeError as err:
@@ -387,24 +391,17 @@ class DistributedSender:
         """A worker's link has just failed (``reason``); the per-host fan-out names those it
         served."""
 
-    def _nccl_targets(self, buffer: FlatBuffer, targets: list[int]) -> set[int]:
-        """The workers a GPU buffer goes to over NCCL: those receiving on a GPU other than the
-        buffer's (NCCL refuses two ranks on one GPU: those on the trainer's get a host copy)."""
-        if not buffer.data.is_cuda or not self.use_nccl:
-            return set()
-        own = gpu_uuid(buffer.data.device)
-        return {w for w in targets if self.links[w].gpu not in (None, own)}
-
     def _host_copy(self, buffer: FlatBuffer, workers: list[int]) -> FlatBuffer | None:
-        """For a buffer on the GPU, the host copy sent to ``workers`` (those without CUDA data);
-        None when nobody needs one."""
-        if not buffer.data.is_cuda or not workers:
+        """For a buffer on the GPU, the host copy sent to ``workers`` (those routed
+        :attr:`Route.HOST_COPY`); None when nobody needs one."""
+        if not workers:
             return None
-        self._warn_once(
+        self._warn(
             "workers",
             f"worker(s) {workers} cannot take the model on a GPU over NCCL (their model is not on "
             "a GPU, they have no NCCL, or their GPU is the trainer's): they get each update "
             "through a copy in host memory",
+            stacklevel=4,
         )
         if self._host is None or self._host.layout != buffer.layout:
             self._host = FlatBuffer(buffer.layout, extra_keys=buffer.extra_keys, shared=False)
@@ -425,8 +422,12 @@ class DistributedSender:
             while True:
                 pending = [w for w in targets if version not in self.links[w].answers
                            and self.links[w].failure is None]  # fmt: skip
-                if not pending or not self.cond.wait(max(0.0, deadline - time.monotonic())):
+                if self._fail_exited(pending, f"received version {version} of model {model_id!r}"):
+                    continue
+                remaining = deadline - time.monotonic()
+                if not pending or remaining <= 0:
                     break
+                self.cond.wait(min(remaining, _EXIT_CHECK_S))
             answers = {w: self.links[w].answers.get(version) for w in targets}
             dead = {w: self.links[w].failure for w in targets if answers[w] is None
                     and self.links[w].failure}  # fmt: skip
@@ -434,34 +435,30 @@ class DistributedSender:
             for w in pending + list(dead):
                 self.links[w].acked = None
         if any(self.links[w].sending_from(buffer) for w in pending):
-            self._retired.append(buffer)  # a stopped worker may read it when it resumes
-            if buffer is self.staging:
-                self.staging = None
-            else:
-                self._given = None
+            self.staging.retire(buffer)  # a stopped worker may read it when it resumes
         if self._host is not None and any(self.links[w].sending_from(self._host) for w in pending):
             self._host = None  # the same: the next update gets a fresh host copy
-        problems = [f"worker {w} {why}" for w, why in sorted(dead.items())]
-        problems += [
-            f"worker {w} did not receive version {version} of model {model_id!r} within "
-            f"{wait:g} s (its receiving thread is silent: the process is stopped or hung, or "
-            "the network is down; a worker that is merely busy still receives)"
-            for w in pending
-        ]
-        if dead:
-            raise PeerDiedError("; ".join(problems), workers=sorted([*dead, *pending]))
-        if pending:
-            raise SyncTimeoutError("; ".join(problems), workers=pending)
-        refused = {w: a for w, a in answers.items() if a not in ("busy", "applied")}
-        if refused:
-            raise WorkerRejectedError(model_id, version, refused)
+        failures = Failures()
+        for w, why in sorted(dead.items()):
+            failures.add_dead(w, f"worker {w} {why}")
+        for w in pending:
+            failures.add_silent(
+                w,
+                f"worker {w} did not receive version {version} of model {model_id!r} within "
+                f"{wait:g} s (its receiving thread is silent: the process is stopped or hung, or "
+                "the network is down; a worker that is merely busy still receives)",
+            )
+        for w, answer in answers.items():
+            if answer not in (None, "busy", "applied"):
+                failures.add_refused(w, answer)
+        failures.raise_any(model_id, version)
 
     def remove_workers(self, worker_ids: list[int]) -> None:
         """Go on without these workers: their links are never sent to again (a transfer to one
         still pending on the GPU is aborted)."""
-        for w in worker_ids:
-            link = self.links.pop(w, None)
-            if link is not None and link.link is not None:
+        for w in self.workers.remove(worker_ids):
+            link = self.links.pop(w)
+            if link.link is not None:
                 link.link.abort()
 
     def _beat(self, interval: float) -> None:

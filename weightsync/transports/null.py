@@ -10,14 +10,15 @@ message-level protocol (what ``NoWeightSyncScheme.create_transport`` returns).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 from weightsync.flat import FlatBuffer
 from weightsync.transports.base import Update
+from weightsync.transports.link import CLOSE_ENVELOPE
+from weightsync.transports.workers import ProcessHandle
 from weightsync.weights import FlatWeights
-
-_CLOSE = ("close", "", 0, None)  # the envelope MPTransport.close() sends
 
 
 class NullSender:
@@ -29,9 +30,14 @@ class NullSender:
     def __init__(self, pipes: list[Connection] | None = None):
         self._pipes = list(pipes or [])
 
+    shared_bytes = 0
+
     @property
     def acked_versions(self) -> dict[int, int | None]:
         return {}
+
+    def watch_processes(self, processes: Sequence[ProcessHandle] | None) -> None:
+        """Nothing waits on a worker here: there is nothing to watch."""
 
     def source_buffer(self, weights: FlatWeights) -> FlatBuffer | None:
         return None
@@ -60,7 +66,7 @@ class NullSender:
         """Tell each worker given a pipe that the trainer is done."""
         for pipe in self._pipes:
             with contextlib.suppress(OSError, EOFError):  # the worker may be gone already
-                pipe.send(_CLOSE)
+                pipe.send(CLOSE_ENVELOPE)
             pipe.close()
         self._pipes = []
 

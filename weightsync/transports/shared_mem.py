@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import faulthandler
+import functools
 import mmap
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -40,7 +42,9 @@ from weightsync.errors import (
 from weightsync.flat import FlatBuffer, FlatLayout, copy_bytes
 from weightsync.shm import check_room
 from weightsync.transports.base import SetupFailed, Update
-from weightsync.transports.pipe import ERROR, WEIGHTS, MPTransport
+from weightsync.transports.link import ERROR, WEIGHTS, MPTransport
+from weightsync.transports.staging import buffer_bytes
+from weightsync.transports.workers import Failures, ProcessHandle, WorkerSet
 from weightsync.weights import FlatWeights, flatten_weights
 
 _INDEX_BITS = 6  # up to 64 buffers per ring
@@ -212,7 +216,8 @@ class SharedMemTransport:
         self.auto_register = auto_register
         self.num_buffers = num_buffers
         self.timeout = timeout
-        self.links: list[MPTransport] = []
+        self.workers = WorkerSet()
+        self.links: list[MPTransport] = []  # per worker id
         self.rings: dict[str, SnapshotRing] = {}
         self._registered: dict[str, set[int]] = {}  # per model: workers that adopted its ring
         self._offered: dict[str, set[int]] = {}  # per model: handed its ring, no answer read yet
@@ -221,22 +226,32 @@ class SharedMemTransport:
         self._pending: Future | None = None
         self._fitting_source: dict[str, FlatBuffer] = {}  # per model: a source checked to fit
         self._failure: WeightSyncError | None = None  # raised once the snapshot is published
-        self.removed: set[int] = set()
+
+    def watch_processes(self, processes: Sequence[ProcessHandle] | None) -> None:
+        """The workers' processes (see :meth:`WorkerSet.watch`): a worker that dies is named at
+        once, with its exit code, even before its end of the pipe was built."""
+        self.workers.watch(processes)
+
+    @property
+    def shared_bytes(self) -> int:
+        """Bytes of shared memory the snapshot buffers hold."""
+        return sum(buffer_bytes(b) for ring in self.rings.values() for b in ring.buffers)
 
     def remove_workers(self, worker_ids: list[int]) -> None:
         """Stop serving these workers (dead or retired): free what they held, close their pipes."""
-        for w in worker_ids:
-            self.removed.add(w)
+        for w in self.workers.remove(worker_ids):
             for ring in self.rings.values():
                 ring.release_reader(w)
             self.links[w].close()
 
     def _live_links(self) -> list[MPTransport]:
-        return [link for link in self.links if link.worker_id not in self.removed]
+        return [self.links[w] for w in self.workers.live]
 
     def register_pipe(self, pipe: Connection) -> None:
         """Add a worker; its index is the order of registration."""
-        self.links.append(MPTransport(pipe, self.timeout, worker_id=len(self.links)))
+        w = self.workers.add()
+        lookup = functools.partial(self.workers.process, w)
+        self.links.append(MPTransport(pipe, self.timeout, worker_id=w, process=lookup))
 
     def register_weights(self, model_id: str, weights: Any, *, version: int = 0) -> None:
         """Create ``model_id``'s shared buffers, publish ``weights`` as ``version`` and hand the
@@ -261,8 +276,7 @@ class SharedMemTransport:
             )
         except SharedMemoryError as err:  # tell the workers now, or they wait out their timeout
             for link in self._live_links():
-                with contextlib.suppress(OSError, EOFError):
-                    link.pipe.send((WEIGHTS, model_id, 0, SetupFailed(str(err))))
+                link.tell_setup_failed(model_id, str(err))
             raise
         ring.buffers[0].write(flat)
         ring.publish(0, version)
@@ -416,9 +430,10 @@ class SharedMemTransport:
     def _hand_out(self, model_id: str, version: int) -> WeightSyncError | None:
         """Hand the model's ring to every live worker that lacks it (once: a worker that has not
         answered yet is not sent it again) and wait, up to ``timeout`` in all, for the answers of
-        every worker handed it and not yet heard from. Returns the error naming those that did
-        not answer in time (SyncTimeoutError) or refused it (WorkerRejectedError), if any; they
-        are waited for, or handed the ring again, by the next send."""
+        every worker handed it and not yet heard from. Returns the error naming those that died
+        meanwhile (PeerDiedError, at once), did not answer in time (SyncTimeoutError) or refused
+        it (WorkerRejectedError), if any; the silent and the refusing ones are waited for, or
+        handed the ring again, by the next send."""
         ring = self.rings[model_id]
         registered, offered = self._registered[model_id], self._offered[model_id]
         live = {link.worker_id: link for link in self._live_links()}
@@ -434,37 +449,46 @@ class SharedMemTransport:
             with contextlib.suppress(OSError, EOFError):  # gone: the next liveness check says so
                 live[w].pipe.send((WEIGHTS, model_id, published, _Registration(ring, w)))
                 offered.add(w)
-        rejections: dict[int, str] = {}
+        failures = Failures()
+        doing = f"took the shared buffers of model {model_id!r}"
         deadline = time.monotonic() + self.timeout
         while offered and (remaining := deadline - time.monotonic()) > 0:
-            for pipe in wait([live[w].pipe for w in offered], remaining):
-                w = next(w for w in offered if live[w].pipe is pipe)
+            owners = {x: w for w in offered for x in live[w].waitables()}
+            for w in dict.fromkeys(owners[x] for x in wait(list(owners), remaining)):
+                link = live[w]
                 try:
-                    message = live[w].take_message()
-                except (EOFError, OSError):  # died: the next send's liveness check names it
+                    message = link.take_message()
+                except (EOFError, OSError):
+                    how = link.peer_exit()
                     offered.discard(w)
+                    failures.add_dead(
+                        w,
+                        f"worker {w} closed its pipe (process died?) before it {doing}"
+                        + (f": {how}" if how else ""),
+                    )
                     continue
-                if message is None:  # only its introduction (see MPTransport): watched now
+                if message is None:  # its introduction (watched now), or its process ended
+                    if (how := link.peer_exit()) is not None:
+                        offered.discard(w)
+                        failures.add_dead(w, f"worker {w} died before it {doing}: {how}")
                     continue
                 kind, got_model, _, payload = message
                 if got_model != model_id:
                     continue
                 offered.discard(w)
                 if kind == ERROR:
-                    rejections[w] = payload
+                    failures.add_refused(w, payload)
                 else:
                     registered.add(w)
-        if offered:
-            return SyncTimeoutError(
+        for w in offered:
+            failures.add_silent(
+                w,
                 f"worker(s) {sorted(offered)} did not take the shared buffers of model "
                 f"{model_id!r} within {self.timeout:g} s; they may be slow to start (raise the "
                 "timeout) or stuck. The other workers were updated; the next send waits for "
                 "these again.",
-                workers=sorted(offered),
             )
-        if rejections:
-            return WorkerRejectedError(model_id, version, rejections)
-        return None
+        return failures.error(model_id, version)
 
     def _take_refusals(self, model_id: str) -> tuple[int, dict[int, str]]:
         """The refusals registered workers sent over their pipes since the last send (a worker
@@ -484,16 +508,20 @@ class SharedMemTransport:
         return newest, refusals
 
     def _raise_for_dead_workers(self, model_id: str, version: int) -> None:
-        dead = [link.worker_id for link in self._live_links() if not link.check_connection()]
+        dead = {
+            link.worker_id: link.peer_exit() or "its pipe is closed"
+            for link in self._live_links()
+            if not link.check_connection()
+        }
         if dead:
             for ring in self.rings.values():
                 for worker in dead:
                     ring.release_reader(worker)
+            gone = "; ".join(f"worker {w} ({how})" for w, how in dead.items())
             raise PeerDiedError(
-                f"worker(s) {dead} are gone (their pipes are closed) before version {version} of "
-                f"model {model_id!r} was published; restart them, or call "
-                "sender.remove_workers() to go on without them",
-                workers=dead,
+                f"gone before version {version} of model {model_id!r} was published: {gone}; "
+                "restart them, or call sender.remove_workers() to go on without them",
+                workers=sorted(dead),
             )
 
     def receive_weights(self, timeout: float = 1.0) -> None:
@@ -526,6 +554,7 @@ class SharedMemReader:
 
     def __init__(self, pipe: Connection, timeout: float = 10.0):
         self.link = MPTransport(pipe, timeout)
+        self.link.introduce()  # the trainer watches this process from now on
         self.ring: SnapshotRing | None = None
         self.reader = 0
         self.model_id = ""
