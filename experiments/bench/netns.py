@@ -144,3 +144,37 @@ def torchrun_two_hosts(hosts: tuple[Host, Host], nproc_per_node: int, out: Path,
     summary_file = out / "node0" / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     return TwoHostRun(codes, outputs, summary, sent)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m experiments.bench.netns [--rate 1gbit] NPROC TOPOLOGY [run.py overrides]``
+    (as root): one job across two fresh namespaces; prints its figures as one JSON line, with
+    the model copies host a sent per weight version."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--rate", default=None, help="tc rate of the link, e.g. 1gbit")
+    parser.add_argument("nproc", type=int, help="processes per host (host a: trainer + N-1)")
+    parser.add_argument("topology", choices=["flat", "per_host"])
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    out = Path(tempfile.mkdtemp(prefix=f"two-hosts-{args.topology}-"))
+    with two_hosts(args.rate) as hosts:
+        run = torchrun_two_hosts(
+            hosts, args.nproc, out, f"sync.topology={args.topology}", *args.overrides
+        )
+    summary = run.summary
+    versions = max((w["version"] for w in summary.get("workers", {}).values()), default=0)
+    copies = run.trainer_tx_bytes / (summary["model_bytes"] * versions) if versions else None
+    keys = ("status", "weights_match", "num_workers", "model_bytes", "sync_latency_p50_ms",
+            "sync_latency_p95_ms", "staleness_mean", "frames_per_s")  # fmt: skip
+    print(json.dumps({"topology": args.topology, "nproc_per_host": args.nproc,
+                      "rate": args.rate, "returncodes": run.returncodes,
+                      **{k: summary.get(k) for k in keys}, "versions": versions,
+                      "trainer_host_sent_bytes": run.trainer_tx_bytes,
+                      "copies_per_version": copies, "out": str(out)}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
