@@ -33,12 +33,14 @@ def model_bytes(model: nn.Module) -> int:
 
 def bytes_per_sync(scheme: WeightSyncScheme, size: int, num_workers: int) -> int:
     """Weight bytes one sync moves: none, one snapshot that every worker adopts in place
-    (shared-mem), or one copy per worker (pipe, and any scheme that copies to each worker)."""
+    (shared-mem), one copy per host with workers (distributed, ``topology=per_host``), or one
+    copy per worker (pipe, and any scheme that copies to each worker)."""
     if isinstance(scheme, NoWeightSyncScheme):
         return 0
     if isinstance(scheme, SharedMemWeightSyncScheme):
         return size
-    return size * num_workers
+    hosts = getattr(scheme.get_sender().transport, "hosts_served", None)
+    return size * (num_workers if hosts is None else hosts)
 
 
 class SyncStep:

@@ -99,6 +99,12 @@ class PerHostSender(DistributedSender):
                 except RuntimeError as err:
                     self.links[w]._fail(f"cannot be sent to ({err})")
 
+    @property
+    def hosts_served(self) -> int:
+        """Hosts each update is copied to: one per remote host, plus the trainer's own when
+        workers read its snapshots."""
+        return len(self.relays) + (self.local is not None)
+
     def _assigned(self) -> set[int]:
         served = [w for readers in self.relays.values() for w in readers]
         return {*served, *(self.local.readers if self.local else [])}
