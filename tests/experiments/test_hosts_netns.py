@@ -5,9 +5,14 @@ each update crossed the link: one per remote worker (flat) or one per remote hos
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
-from experiments.bench.netns import torchrun_two_hosts, two_hosts, unavailable
+from experiments.bench.netns import REPO, torchrun_two_hosts, two_hosts, unavailable
+from tests.helpers.netns_scheme import MODEL_BYTES
 
 WHY_NOT = unavailable()
 pytestmark = [
@@ -35,3 +40,30 @@ def test_run_py_across_two_hosts_sends_one_copy_per_remote_worker_or_host(
     # The weights dominate what host a sends (commands are a few bytes, rollouts come the other
     # way: only their TCP acknowledgements leave); 15% covers those.
     assert copies <= sent <= copies * 1.15, (sent, run.trainer_tx_bytes, versions)
+
+
+@pytest.mark.parametrize(("topology", "copies"), [("flat", 2), ("per_host", 1)])
+def test_the_library_scheme_across_two_hosts_tells_them_apart_by_their_network(
+    tmp_path, topology, copies
+):
+    """The scheme alone, no launcher: trainer and worker 0 in namespace a, workers 1 and 2 in
+    b, nobody told which host it is on."""
+    with two_hosts() as (a, b):
+        place = [(a, "trainer"), (a, "worker", "0"), (b, "worker", "1"), (b, "worker", "2")]
+        before = a.tx_bytes()
+        procs = []
+        for host, role, *rest in place:
+            argv = host.command(sys.executable, "-m", "tests.helpers.netns_scheme", role,
+                                a.address, "29611", "3", topology, *rest, host.address)  # fmt: skip
+            procs.append(subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))  # fmt: skip
+        results = [proc.communicate(timeout=400) for proc in procs]
+        sent = a.tx_bytes() - before
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    trainer, *workers = [json.loads(out.splitlines()[-1]) for out, _ in results]
+    assert trainer["acked"] == {str(w): 4 for w in range(3)}  # JSON keys are strings
+    for worker in workers:
+        assert worker == {"version": 4, "checksum": trainer["checksum"]}
+    # Four versions, each crossing the link once per remote worker (flat) or host (per_host).
+    assert copies <= sent / (4 * MODEL_BYTES) <= copies * 1.15, sent
