@@ -117,6 +117,7 @@ class RunConfig:
     log_every: int = 10  # iterations between progress lines
     torch_threads: int = 1  # intra-op threads per process; 2 workers + trainer share 2 cores
     startup_timeout: float = 120.0  # seconds for the workers to spawn and import torch
+    rollout_timeout: float = 60.0  # seconds a worker may take per rollout or report
 
 
 @dataclass
@@ -178,6 +179,7 @@ def validate(cfg: DictConfig) -> None:
     positive = {
         "sync.timeout": cfg.sync.timeout,
         "run.startup_timeout": run.startup_timeout,
+        "run.rollout_timeout": run.rollout_timeout,
         "learner.lr": learner.lr,
     }
     for key, value in positive.items():

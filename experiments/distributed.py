@@ -2,10 +2,10 @@
 
 Under a launcher (``torchrun --nproc-per-node=K run.py sync=distributed``, or Slurm through
 ``hydra/launcher=submitit_slurm``) every process runs ``run.py``; :func:`launch_of` tells them
-apart. Rank 0 trains (experiments/train.py, with a :class:`RankPool` in place of the spawned
-:class:`~experiments.pool.WorkerPool`); every other rank serves as a worker (:func:`serve_rank`):
-it builds its copy of the policy and its environments, receives weights through the distributed
-scheme, and on each command collects a rollout with its policy and sends it to rank 0.
+apart. Rank 0 trains (experiments/train.py, with a :class:`RankPool` as its workers, the
+:class:`~experiments.workers.Workers` that a spawned :class:`~experiments.pool.WorkerPool` is too);
+every other rank serves as a worker (:func:`serve_rank`): it runs the same actor loop as a
+spawned worker (:func:`experiments.actor.run_actor`), over a :class:`RankChannel`.
 
 Commands and rollouts travel over one private two-rank gloo link per worker
 (:class:`weightsync.transports.Link`), built from a store of their own on
@@ -17,7 +17,6 @@ contiguous buffer after a JSON description of its keys, dtypes, shapes and batch
 from __future__ import annotations
 
 import datetime
-import enum
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -28,14 +27,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict, TensorDictBase
 
-from experiments.checksum import weights_checksum
+from experiments.actor import ActorSpec, Command, run_actor
 from experiments.common.config import ConfigError, plain
 from experiments.common.schemes import build_scheme
-from experiments.config import resolve_device
-from experiments.factory import env_factory, policy_factory
-from experiments.pool import RunStopped, WorkerPool
-from experiments.rollout import collect_rollout
-from experiments.worker import MODEL_ID
+from experiments.crew import RunStopped
+from experiments.workers import WorkerLost
 from weightsync import DistributedWeightSyncScheme, WeightSyncScheme
 from weightsync.flat import FlatBuffer, FlatLayout
 from weightsync.launch import LaunchInfo
@@ -59,15 +55,11 @@ LAUNCHABLE = ("weightsync.DistributedWeightSyncScheme", "weightsync.NoWeightSync
 TO_WORKER, TO_TRAINER = 1, 2  # gloo tags on a rollout link
 
 
-class Cmd(enum.IntEnum):
-    """Messages on a rollout link."""
-
-    COLLECT = 1  # trainer: collect and send one rollout
-    REPORT = 2  # trainer: send (weight version, checksum)
-    STOP = 3  # trainer: exit
-    READY = 4  # worker: built, joining the scheme
-    ROLLOUT = 5  # worker: a rollout follows (description length, payload length)
-    WEIGHTS = 6  # worker: (version, checksum length), the checksum follows
+# A rollout link's header starts with a kind: a trainer's experiments.actor.Command (1-3), or
+# one of the worker's answers below.
+READY = 4  # worker: built, joining the scheme
+ROLLOUT = 5  # worker: a rollout follows (description length, payload length)
+WEIGHTS = 6  # worker: (version, checksum length), the checksum follows
 
 
 def launch_of(cfg: DictConfig, environ: dict[str, str] | None = None) -> LaunchInfo | None:
@@ -163,26 +155,24 @@ def decode_rollout(meta: bytes, data: torch.Tensor) -> TensorDict:
 
 
 # ------------------------------------------------------------------------------- trainer side
-class RankPool(WorkerPool):
-    """Rank 0's view of the worker ranks: the :class:`WorkerPool` interface over c10d links.
+class RankPool:
+    """Rank 0's :class:`~experiments.workers.Workers`: the other ranks of the launch, over c10d.
 
-    Worker ``w`` is rank ``w + 1``; it cannot be spawned or killed from here, so a failed one is
-    only left alone (its link is never used again).
+    Worker ``w`` is rank ``w + 1``; it cannot be spawned or killed from here, so a released one
+    is only left alone (its link is never used again), and a dead one shows as a broken link or
+    a sync error, never through :meth:`exit_reason`.
     """
 
-    def __init__(self, info: LaunchInfo, scheme: WeightSyncScheme, policy: Any, *,
-                 timeout: float, startup_timeout: float, on_worker_failure: str,
-                 bind: str | None = None) -> None:  # fmt: skip
-        specs = [None] * (info.world_size - 1)
-        super().__init__(specs, scheme, policy, timeout=timeout, startup_timeout=startup_timeout,
-                         on_worker_failure=on_worker_failure)  # fmt: skip
+    def __init__(self, info: LaunchInfo, *, startup_timeout: float, bind: str | None = None):
         self.info = info
+        self.num_workers = info.world_size - 1
+        self.startup_timeout = startup_timeout
         self.bind = bind
         self.links: dict[int, Link] = {}
 
-    def _start(self) -> None:
-        """Join every worker rank's link (all at once: ranks start in any order), wait for each
-        to be READY, then connect the scheme."""
+    def start(self) -> dict[str, Any]:
+        """Join every worker rank's link (all at once: ranks start in any order) and wait for
+        each to be READY; the scheme finds the ranks by itself."""
         store = open_store(
             self.info.master_addr, self.info.master_port + ROLLOUT_PORT_OFFSET, is_master=True,
             timeout=self.startup_timeout,
@@ -193,8 +183,8 @@ class RankPool(WorkerPool):
             return Link(store, f"experiments/rollouts/{w}", 0, timeout=self.startup_timeout,
                         bind=self.bind)  # fmt: skip
 
-        with ThreadPoolExecutor(len(self.specs)) as pool:
-            joining = {w: pool.submit(join, w) for w in range(len(self.specs))}
+        with ThreadPoolExecutor(self.num_workers) as pool:
+            joining = {w: pool.submit(join, w) for w in range(self.num_workers)}
             for w, future in joining.items():
                 try:
                     self.links[w] = future.result()
@@ -203,59 +193,46 @@ class RankPool(WorkerPool):
                         f"worker {w} (rank {w + 1}) did not join within {self.startup_timeout:g} "
                         f"s: {_first_line(err)}"
                     ) from None
-        self.active = list(self.links)
-        for w in self.active:
-            if self._header(w, self.startup_timeout, "start up")[0] != Cmd.READY:
+        for w in self.links:
+            try:
+                kind = self._header(w, self.startup_timeout, "start up")[0]
+            except WorkerLost as err:
+                raise RunStopped(str(err)) from None
+            if kind != READY:
                 raise RunStopped(f"worker {w} sent something other than READY on start-up")
             self.links[w].forget_keys()  # both ends are up: the rendezvous keys are done with
-        self.scheme.init_on_sender(MODEL_ID, model=self.policy)
-        self.scheme.connect()
+        return {}
 
-    def request_rollouts(self) -> None:
-        for w in list(self.active):
-            self._command(w, Cmd.COLLECT)
-
-    def gather(self) -> list[TensorDict]:
-        rollouts = []
-        for w in list(self.active):
-            try:
-                _, meta_len, nbytes, _ = self._header(w, self.timeout, "deliver a rollout")
-                meta, data = (
-                    torch.empty(meta_len, dtype=torch.uint8),
-                    torch.empty(nbytes, dtype=torch.uint8),
-                )
-                self._recv(w, meta, self.timeout, "deliver a rollout")
-                self._recv(w, data, self.timeout, "deliver a rollout")
-                rollouts.append(decode_rollout(bytes(meta.numpy()), data))
-            except RunStopped as err:
-                self.drop([w], str(err))
-        return rollouts
-
-    def report(self) -> dict[int, tuple[int, str]]:
-        reports = {}
-        for w in list(self.active):
-            try:
-                self._command(w, Cmd.REPORT)
-                _, version, length, _ = self._header(w, self.timeout, "report its weights")
-                digest = torch.empty(length, dtype=torch.uint8)
-                self._recv(w, digest, self.timeout, "report its weights")
-                reports[w] = (version, bytes(digest.numpy()).decode())
-            except RunStopped as err:
-                self.drop([w], str(err))
-        return reports
-
-    def drop_dead(self) -> None:
-        """Nothing to look at: a dead rank shows as a broken link or a sync error."""
-
-    def _release(self, workers: list[int]) -> None:
-        for w in workers:
-            self.links.pop(w, None)  # never used again (a closed gloo pair cannot be reused)
-
-    def _command(self, w: int, cmd: Cmd) -> None:
+    def send(self, worker: int, command: Command) -> None:
         try:
-            self.links[w].send(header(cmd), TO_WORKER).wait()
+            self.links[worker].send(header(command), TO_WORKER).wait()
         except RuntimeError as err:
-            self.drop([w], f"worker {w} (rank {w + 1}) cannot be reached ({_first_line(err)})")
+            why = f"cannot be reached ({_first_line(err)})"
+            raise WorkerLost(worker, f"worker {worker} (rank {worker + 1}) {why}") from None
+
+    def receive_rollout(self, worker: int, timeout: float) -> TensorDict:
+        _, meta_len, nbytes, _ = self._header(worker, timeout, "deliver a rollout")
+        meta = torch.empty(meta_len, dtype=torch.uint8)
+        data = torch.empty(nbytes, dtype=torch.uint8)
+        self._recv(worker, meta, timeout, "deliver a rollout")
+        self._recv(worker, data, timeout, "deliver a rollout")
+        return decode_rollout(bytes(meta.numpy()), data)
+
+    def receive_report(self, worker: int, timeout: float) -> tuple[int, str]:
+        _, version, length, _ = self._header(worker, timeout, "report its weights")
+        digest = torch.empty(length, dtype=torch.uint8)
+        self._recv(worker, digest, timeout, "report its weights")
+        return version, bytes(digest.numpy()).decode()
+
+    def exit_reason(self, worker: int) -> str | None:
+        return None  # a rank on another machine cannot be watched from here
+
+    def release(self, worker: int) -> None:
+        self.links.pop(worker, None)  # never used again (a closed gloo pair cannot be reused)
+
+    def close(self) -> None:
+        """Nothing to end: every rank's process exits by itself once told STOP or once rank 0's
+        process (and with it every link) is gone."""
 
     def _header(self, w: int, timeout: float, doing: str) -> list[int]:
         msg = empty_header()
@@ -268,67 +245,46 @@ class RankPool(WorkerPool):
             work.wait(datetime.timedelta(seconds=timeout))
         except RuntimeError as err:
             why = "did not" if "Timed out" in str(err) else "is gone: it did not"
-            raise RunStopped(f"worker {w} (rank {w + 1}) {why} {doing} within {timeout:g} s "
-                             f"({_first_line(err)})") from None  # fmt: skip
-
-    def close(self) -> None:
-        for w in self.active:
-            try:
-                self.links[w].send(header(Cmd.STOP), TO_WORKER).wait(
-                    datetime.timedelta(seconds=self.timeout)
-                )
-            except RuntimeError:
-                continue
-        self.active = []
-        try:
-            self.scheme.shutdown()
-        except Exception as err:  # tearing down must not hide the original error
-            log.warning("scheme shutdown failed: %s", err)
+            raise WorkerLost(w, f"worker {w} (rank {w + 1}) {why} {doing} within {timeout:g} s "
+                                f"({_first_line(err)})") from None  # fmt: skip
 
 
 # -------------------------------------------------------------------------------- worker side
+class RankChannel:
+    """A worker rank's :class:`~experiments.actor.Channel`: its c10d link to rank 0. A command
+    is awaited without a limit (an idle link is not a dead one; the scheme's receiving thread
+    keeps the weights current meanwhile)."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+
+    def ready(self) -> None:
+        self.link.send(header(READY), TO_TRAINER).wait()
+
+    def next_command(self, timeout: float) -> Command | None:
+        msg = empty_header()
+        self.link.recv(msg, TO_WORKER)
+        return Command(msg[0].item())
+
+    def send_rollout(self, rollout: TensorDict) -> None:
+        meta, data = encode_rollout(rollout)
+        _send_all(self.link, header(ROLLOUT, len(meta), data.numel()), as_bytes(meta), data)
+
+    def send_report(self, version: int, digest: str) -> None:
+        _send_all(self.link, header(WEIGHTS, version, len(digest)), as_bytes(digest))
+
+
 def serve_rank(cfg: DictConfig, info: LaunchInfo) -> None:
-    """A worker rank: act with the synced policy on command until told to stop or rank 0 is
-    gone (then it exits at once: its link breaks when rank 0's process ends)."""
+    """A worker rank: the actor loop over its link until told to stop or rank 0 is gone (then it
+    exits at once: its link breaks when rank 0's process ends)."""
     w = info.worker_id
-    torch.set_num_threads(cfg.run.torch_threads)
-    device = resolve_device(cfg.device.worker)
-    torch.manual_seed(cfg.seed)  # as the trainer: the same initial weights
-    policy = policy_factory(cfg)().to(device)
-    env_seed = cfg.seed + 1 + w
-    env = env_factory(cfg)(device=device, seed=env_seed)
-    sampler = torch.Generator(device).manual_seed(env_seed)
     scheme = build_launched_scheme(cfg, info)
-    bind = OmegaConf.select(cfg, "sync.bind")
     store = open_store(info.master_addr, info.master_port + ROLLOUT_PORT_OFFSET, is_master=False,
                        timeout=cfg.run.startup_timeout)  # fmt: skip
-    link = Link(store, f"experiments/rollouts/{w}", 1, timeout=cfg.run.startup_timeout, bind=bind)
-    scheme.init_on_receiver(MODEL_ID, model=policy, worker_id=w)
+    link = Link(store, f"experiments/rollouts/{w}", 1, timeout=cfg.run.startup_timeout,
+                bind=OmegaConf.select(cfg, "sync.bind"))  # fmt: skip
     try:
-        link.send(header(Cmd.READY), TO_TRAINER).wait()
-        scheme.connect()
-        receiver = scheme.get_receiver()
-        while True:
-            msg = empty_header()
-            link.recv(msg, TO_WORKER)
-            command = msg[0].item()
-            scheme.receive(0.0)  # adopt the newest complete weights before acting
-            if command == Cmd.STOP:
-                return
-            if command == Cmd.COLLECT:
-                version = receiver.version
-                trajectory = collect_rollout(env, policy, cfg.run.rollout_steps, generator=sampler)
-                rollout = TensorDict({"trajectory": trajectory,
-                                      "episode_returns": env.pop_finished_returns(),
-                                      "policy_version": torch.tensor(version)},
-                                     batch_size=[]).to("cpu")  # fmt: skip
-                meta, data = encode_rollout(rollout)
-                _send_all(link, header(Cmd.ROLLOUT, len(meta), data.numel()), as_bytes(meta), data)
-            elif command == Cmd.REPORT:
-                digest = weights_checksum(policy)
-                _send_all(
-                    link, header(Cmd.WEIGHTS, receiver.version, len(digest)), as_bytes(digest)
-                )
+        run_actor(ActorSpec.from_config(cfg), w, scheme, RankChannel(link), {"worker_id": w})
     except RuntimeError as err:  # rank 0 is gone: nobody is left to work for
         log.warning("worker %d: the trainer is gone (%s); exiting", w, _first_line(err))
     finally:

@@ -10,7 +10,6 @@ does not exist for an iteration (no episode ended, no sync happened) is ``null``
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,16 +57,6 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
 def mean(values: Sequence[float]) -> float | None:
     """The mean, or None for no values."""
     return sum(values) / len(values) if values else None
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile (0-100, linear interpolation), or None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def rounded(value: float | None, digits: int = 3) -> float | None:

@@ -1,13 +1,16 @@
-"""The trainer's side of the workers: spawn them, connect the scheme, talk to them, tear down.
+"""Workers spawned here: :class:`WorkerPool`, the :class:`~experiments.workers.Workers` of a
+plain ``python run.py``, and the worker process's end of its pipes.
 
-:class:`WorkerPool` owns the worker processes, both pipes of each, and the trainer side of the
-weight-sync scheme. It is a context manager whose exit always leaves nothing behind: workers are
-told to stop, the scheme is shut down, stragglers are killed, every pipe end is closed.
+Each worker is a spawned process running :func:`experiments.actor.run_actor` with two pipes to
+the trainer: the **weight pipe** belongs to the weight-sync scheme (its ``init_on_receiver(...,
+pipe=...)`` here, ``init_on_sender(..., pipes=...)`` on the trainer), the **data pipe** carries
+commands and answers (:class:`PipeChannel`). Rollouts are pickled by value: no shared-memory
+segment per batch that a crash could leak.
 
-A worker that dies or stops answering (end of file on its pipe, a time-out, a weightsync
-``PeerDiedError``/``SyncTimeoutError`` naming it) is handled by :meth:`WorkerPool.drop` according
-to ``on_worker_failure``: ``stop`` ends the run (:class:`RunStopped`), ``continue`` removes it
-from the pool and from the scheme's sender and goes on with the survivors.
+The pool's :meth:`~WorkerPool.close` always leaves nothing behind: stragglers are killed and
+every pipe end is closed. A worker exits on ``STOP``, when the scheme is shut down, and when the
+trainer is gone: end of file on either pipe (``EOFError``, ``PeerDiedError``) or a broken pipe
+when it sends.
 """
 
 from __future__ import annotations
@@ -17,20 +20,22 @@ import logging
 import pickle
 import signal
 import threading
-from collections.abc import Iterator
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import torch.multiprocessing as mp
 from tensordict import TensorDict
-from torch import nn
 
-from experiments.worker import COLLECT, MODEL_ID, READY, REPORT, STOP, WorkerSpec, run_worker
-from weightsync import PeerDiedError, SyncTimeoutError, WeightSyncScheme
+from experiments.actor import ActorSpec, Command, run_actor
+from experiments.crew import RunStopped
+from experiments.workers import WorkerLost
+from weightsync import PeerDiedError, WeightSyncScheme
 
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 5.0
+READY = "ready"
 
 
 @contextlib.contextmanager
@@ -46,60 +51,73 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-class RunStopped(Exception):
-    """The run cannot go on: a worker failed under ``on_worker_failure=stop``, or none is left."""
+# --------------------------------------------------------------------------------- worker side
+class PipeChannel:
+    """A spawned worker's :class:`~experiments.actor.Channel`: its data pipe, woken early by
+    traffic on its weight pipe (new weights to apply)."""
+
+    def __init__(self, data: Connection, weights: Connection) -> None:
+        self.data = data
+        self.weights = weights
+
+    def ready(self) -> None:
+        self.data.send(READY)
+
+    def next_command(self, timeout: float) -> Command | None:
+        wait([self.data, self.weights], timeout=timeout)
+        return Command(self.data.recv()) if self.data.poll() else None
+
+    def send_rollout(self, rollout: TensorDict) -> None:
+        self.data.send_bytes(pickle.dumps(rollout))
+
+    def send_report(self, version: int, digest: str) -> None:
+        self.data.send((version, digest))
 
 
+def run_worker(
+    spec: ActorSpec, worker_id: int, scheme: WeightSyncScheme, weights: Connection,
+    data: Connection,
+) -> None:  # fmt: skip
+    """Process entry point: the actor loop until told to stop or until the trainer is gone."""
+    try:
+        run_actor(spec, worker_id, scheme, PipeChannel(data, weights), {"pipe": weights})
+    except (EOFError, BrokenPipeError, ConnectionResetError, PeerDiedError):
+        pass  # the trainer is gone: there is nobody left to work for
+    finally:
+        scheme.shutdown()
+        data.close()
+
+
+# -------------------------------------------------------------------------------- trainer side
 class WorkerPool:
-    """``len(specs)`` spawned workers kept in sync with ``policy`` by ``scheme``.
+    """``num_workers`` spawned workers, each acting as ``spec`` says; ``scheme`` (not yet
+    initialised) is pickled to every one of them.
 
     Args:
-        specs: one :class:`WorkerSpec` per worker.
-        scheme: the weight-sync scheme, not yet initialised; it is pickled to every worker.
-        policy: the trainer's policy, the model the scheme sends.
-        timeout: seconds to wait for a worker's rollout or report before it counts as failed.
+        spec: what each worker builds.
+        num_workers: how many to spawn.
+        scheme: the weight-sync scheme (the trainer initialises its own copy).
         startup_timeout: seconds for all workers to start (spawn, import torch, build models).
-        on_worker_failure: ``"stop"`` or ``"continue"``.
     """
 
     def __init__(
-        self,
-        specs: list[WorkerSpec],
-        scheme: WeightSyncScheme,
-        policy: nn.Module,
-        *,
-        timeout: float,
+        self, spec: ActorSpec, num_workers: int, scheme: WeightSyncScheme, *,
         startup_timeout: float,
-        on_worker_failure: str,
-    ) -> None:
-        self.specs = specs
+    ) -> None:  # fmt: skip
+        self.spec = spec
+        self.num_workers = num_workers
         self.scheme = scheme
-        self.policy = policy
-        self.timeout = timeout
         self.startup_timeout = startup_timeout
-        self.on_worker_failure = on_worker_failure
-        self.active: list[int] = []
         self._processes: list[Any] = []
         self._data: list[Connection] = []
         self._weights: list[Connection] = []
 
-    def __enter__(self) -> WorkerPool:
-        try:
-            self._start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ---------------------------------------------------------------------------- start-up
-    def _start(self) -> None:
-        """Spawn the workers, wait until each is ready, then connect the scheme."""
+    def start(self) -> dict[str, Any]:
+        """Spawn the workers and wait until each is ready; the scheme reaches them through their
+        weight pipes."""
         ctx = mp.get_context("spawn")
         child_ends = []
-        for spec in self.specs:
+        for w in range(self.num_workers):
             data_here, data_there = ctx.Pipe()
             weights_here, weights_there = ctx.Pipe()
             self._data.append(data_here)
@@ -108,8 +126,8 @@ class WorkerPool:
             self._processes.append(
                 ctx.Process(
                     target=run_worker,
-                    args=(spec, self.scheme, weights_there, data_there),
-                    name=f"weightsync-worker-{spec.worker_id}",
+                    args=(self.spec, w, self.scheme, weights_there, data_there),
+                    name=f"weightsync-worker-{w}",
                     daemon=True,
                 )
             )
@@ -120,92 +138,60 @@ class WorkerPool:
                 process.start()
         for end in child_ends:  # only the workers hold these now, so their exit is our EOF
             end.close()
-        self.active = [spec.worker_id for spec in self.specs]
-        for w in self.active:
-            if self._receive(w, self.startup_timeout, "start up") != READY:
+        for w in range(self.num_workers):
+            try:
+                answer = self._read(w, self.startup_timeout, "start up", self._data[w].recv)
+            except WorkerLost as err:
+                raise RunStopped(str(err)) from None
+            if answer != READY:
                 raise RunStopped(f"worker {w} sent something other than {READY!r} on start-up")
-        self.scheme.init_on_sender(MODEL_ID, model=self.policy, pipes=self._weights)
-        self.scheme.connect()
+        return {"pipes": self._weights}
 
-    # ------------------------------------------------------------------------------ commands
-    def request_rollouts(self) -> None:
-        """Ask every active worker for its next rollout (they collect in parallel)."""
-        for w in list(self.active):
-            try:
-                self._data[w].send(COLLECT)
-            except (OSError, EOFError) as err:
-                self.drop([w], f"worker {w} cannot be reached ({err})")
+    def send(self, worker: int, command: Command) -> None:
+        try:
+            self._data[worker].send(int(command))
+        except (OSError, EOFError) as err:
+            raise WorkerLost(worker, f"worker {worker} cannot be reached ({err})") from None
 
-    def gather(self) -> list[TensorDict]:
-        """The rollout each active worker was asked for, in worker order (survivors only)."""
-        rollouts = []
-        for w in list(self.active):
-            try:
-                rollouts.append(pickle.loads(self._receive_bytes(w)))
-            except RunStopped as err:
-                self.drop([w], str(err))
-        return rollouts
+    def receive_rollout(self, worker: int, timeout: float) -> TensorDict:
+        data = self._data[worker]
+        return pickle.loads(self._read(worker, timeout, "deliver a rollout", data.recv_bytes))
 
-    def report(self) -> dict[int, tuple[int, str]]:
-        """``{worker: (weight version, weights checksum)}`` of every active worker."""
-        reports = {}
-        for w in list(self.active):
-            try:
-                self._data[w].send(REPORT)
-                reports[w] = self._receive(w, self.timeout, "report its weights")
-            except (OSError, RunStopped) as err:
-                self.drop([w], str(err))
-        return reports
+    def receive_report(self, worker: int, timeout: float) -> tuple[int, str]:
+        return self._read(worker, timeout, "report its weights", self._data[worker].recv)
 
-    # ------------------------------------------------------------------------------ failures
-    def drop(self, workers: list[int], reason: str) -> None:
-        """A worker failed: stop the run, or go on without it (``on_worker_failure``)."""
-        workers = [w for w in workers if w in self.active]
-        if not workers:
-            return  # already handled (e.g. seen dead by gather, then by the scheme's send)
-        if self.on_worker_failure == "stop":
-            raise RunStopped(f"{reason} (run.on_worker_failure=stop)")
-        log.warning("going on without worker(s) %s: %s", workers, reason)
-        self.active = [w for w in self.active if w not in workers]
-        self.scheme.get_sender().remove_workers(workers)
-        self._release(workers)
-        if not self.active:
-            raise RunStopped(f"no workers left: {reason}")
+    def exit_reason(self, worker: int) -> str | None:
+        if self._processes[worker].is_alive():
+            return None
+        return self._died(worker, "between rollouts")
 
-    def _release(self, workers: list[int]) -> None:
-        """Let go of dropped workers: close their data pipes and kill their processes."""
-        for w in workers:
-            self._data[w].close()
-            self._processes[w].kill()
+    def release(self, worker: int) -> None:
+        """Close the worker's data pipe and kill its process."""
+        self._data[worker].close()
+        self._processes[worker].kill()
 
-    def drop_dead(self) -> None:
-        """Drop workers whose process has exited, before a send would find out the hard way."""
-        for w in list(self.active):
-            if not self._processes[w].is_alive():
-                self.drop([w], self._died(w, "between rollouts"))
-
-    def handle_sync_error(self, err: PeerDiedError | SyncTimeoutError) -> None:
-        """Route a weightsync error that names workers to :meth:`drop`; re-raise any other."""
-        if not err.workers:
-            raise err
-        self.drop(err.workers, str(err))
+    def close(self) -> None:
+        for process in self._processes:
+            if process.pid is None:
+                continue  # never started
+            process.join(timeout=JOIN_TIMEOUT_S)
+            if process.is_alive():
+                log.warning("%s did not stop in %g s; killing it", process.name, JOIN_TIMEOUT_S)
+                process.kill()
+                process.join(timeout=JOIN_TIMEOUT_S)
+        for conn in self._data + self._weights:
+            conn.close()
 
     # ------------------------------------------------------------------------------ internals
-    def _receive(self, w: int, timeout: float, doing: str) -> Any:
-        """The next object worker ``w`` sends; RunStopped if it is gone or silent."""
-        return self._read(w, timeout, doing, self._data[w].recv)
-
-    def _receive_bytes(self, w: int) -> bytes:
-        """The next raw message worker ``w`` sends (a pickled rollout)."""
-        return self._read(w, self.timeout, "deliver a rollout", self._data[w].recv_bytes)
-
-    def _read(self, w: int, timeout: float, doing: str, read: Any) -> Any:
+    def _read(self, w: int, timeout: float, doing: str, read: Callable[[], Any]) -> Any:
+        """What ``read`` returns from worker ``w``'s data pipe; WorkerLost if it is gone or
+        silent for ``timeout`` s."""
         if not self._wait(self._data[w], timeout):
-            raise RunStopped(f"worker {w} did not {doing} within {timeout:g} s")
+            raise WorkerLost(w, f"worker {w} did not {doing} within {timeout:g} s")
         try:
             return read()
         except (EOFError, OSError):
-            raise RunStopped(self._died(w, f"before it could {doing}")) from None
+            raise WorkerLost(w, self._died(w, f"before it could {doing}")) from None
 
     @staticmethod
     def _wait(conn: Connection, timeout: float) -> bool:
@@ -220,23 +206,3 @@ class WorkerPool:
         code = process.exitcode
         how = "is still running" if code is None else f"exited with code {code}"
         return f"worker {w} is gone {when} (the process {how})"
-
-    # ------------------------------------------------------------------------------ teardown
-    def close(self) -> None:
-        """Stop every worker and release everything; safe to call more than once."""
-        for w in self.active:
-            with contextlib.suppress(OSError, EOFError):
-                self._data[w].send(STOP)
-        self.active = []
-        with contextlib.suppress(Exception):  # tearing down must not hide the original error
-            self.scheme.shutdown()
-        for process in self._processes:
-            if process.pid is None:
-                continue  # never started
-            process.join(timeout=JOIN_TIMEOUT_S)
-            if process.is_alive():
-                log.warning("%s did not stop in %g s; killing it", process.name, JOIN_TIMEOUT_S)
-                process.kill()
-                process.join(timeout=JOIN_TIMEOUT_S)
-        for conn in self._data + self._weights:
-            conn.close()

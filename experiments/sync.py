@@ -1,50 +1,53 @@
 """The sync step of the training loop, and what it costs.
 
-:class:`SyncStep` pushes the trainer's weights through the scheme in two halves: :meth:`start`
-(``send_async``) right after an update, and :meth:`wait` (``wait_async``) right before the next
-``optimizer.step()``, which PPOLearner calls through its ``before_step`` hook. In between the
-trainer gathers rollouts and runs forward/backward passes while the copy proceeds. The cost
-recorded is what the trainer actually waits: the time blocked in both halves, per sync.
+:class:`SyncStep` owns the trainer's side of the weight-sync scheme: it connects it, pushes the
+trainer's weights in two halves, :meth:`~SyncStep.start` (``send_async``) right after an update
+and :meth:`~SyncStep.wait` (``wait_async``) right before the next ``optimizer.step()``, which the
+learner calls through its ``before_step`` hook, and shuts it down. In between the trainer gathers
+rollouts and runs forward/backward passes while the copy proceeds. The cost recorded is what the
+trainer actually waits: the time blocked in both halves, per sync.
 
-A failed sync that names workers goes to the pool's failure policy (stop the run, or drop them and
-go on); versions are mapped to the number of updates they contain, for the staleness metric.
+A failed sync that names workers goes to ``on_failure`` (the crew's failure policy: stop the
+run, or drop them and go on); versions are mapped to the number of updates they contain, for the
+staleness metric.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
-from experiments.pool import WorkerPool
-from weightsync import (
-    NoWeightSyncScheme,
-    PeerDiedError,
-    SharedMemWeightSyncScheme,
-    SyncTimeoutError,
-    WeightSyncScheme,
-)
+from experiments.actor import MODEL_ID
+from experiments.common.stats import model_bytes
+from weightsync import PeerDiedError, SyncTimeoutError, WeightSyncScheme
+
+#: Backends whose one sync writes a single snapshot that every worker adopts in place; any
+#: other backend (except ``none``, which moves nothing) copies the weights to each worker.
+ONE_COPY_FOR_ALL = frozenset({"shared-mem"})
 
 
-def model_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer of ``model``: what one full copy moves."""
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
-
-
-def bytes_per_sync(scheme: WeightSyncScheme, size: int, num_workers: int) -> int:
-    """Weight bytes one sync moves: none, one snapshot that every worker adopts in place
-    (shared-mem), one copy per host with workers (distributed, ``topology=per_host``), or one
-    copy per worker (pipe, and any scheme that copies to each worker)."""
-    if isinstance(scheme, NoWeightSyncScheme):
+def copies_per_sync(backend: str, num_workers: int, hosts: int | None = None) -> int:
+    """How many full copies of the weights one sync of ``backend`` moves to ``num_workers``;
+    ``hosts``: the hosts it reaches, for a scheme that copies once per host (distributed with
+    ``topology=per_host``)."""
+    if backend == "none":
         return 0
-    if isinstance(scheme, SharedMemWeightSyncScheme):
-        return size
-    hosts = getattr(scheme.get_sender().transport, "hosts_served", None)
-    return size * (num_workers if hosts is None else hosts)
+    if hosts is not None:
+        return hosts
+    return 1 if backend in ONE_COPY_FOR_ALL else num_workers
 
 
 class SyncStep:
-    """Sends the trainer's policy to the workers of ``pool`` and measures each send.
+    """Sends the trainer's ``policy`` through ``scheme`` and measures each send.
+
+    Args:
+        scheme: the trainer's scheme, not yet initialised (:meth:`connect` does it).
+        policy: the model sent.
+        on_failure: called with ``(workers, reason)`` when the scheme names failed workers.
+        before_send: called before each send (e.g. to drop workers known to be dead).
 
     Attributes:
         version: the latest weight version sent.
@@ -54,37 +57,59 @@ class SyncStep:
             workers' initial weights (identical to the trainer's, both seeded alike).
     """
 
-    def __init__(self, pool: WorkerPool, policy: nn.Module) -> None:
-        self.pool = pool
-        self.scheme = pool.scheme
+    def __init__(
+        self,
+        scheme: WeightSyncScheme,
+        policy: nn.Module,
+        *,
+        on_failure: Callable[[list[int], str], None],
+        before_send: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.scheme = scheme
+        self.policy = policy
+        self.on_failure = on_failure
+        self.before_send = before_send
         self.model_bytes = model_bytes(policy)
+        self.receivers: list[int] = []
         self.latencies_ms: list[float] = []
         self.bytes_moved = 0
-        self.version = self.scheme.get_sender().version  # connect() sent the initial weights
-        self.updates_in_version = {0: 0, self.version: 0}
+        self.version = 0
+        self.updates_in_version = {0: 0}
         self._blocked_s: float | None = None  # time blocked so far in the pending sync
+
+    def connect(self, workers: list[int], **endpoints: Any) -> None:
+        """Initialise the trainer's side for ``workers`` (reached through ``endpoints``, e.g. their
+        weight pipes) and send them the initial weights."""
+        self.receivers = list(workers)
+        self.scheme.init_on_sender(MODEL_ID, model=self.policy, **endpoints)
+        self.scheme.connect()
+        self.version = self.scheme.get_sender().version
+        self.updates_in_version[self.version] = 0
 
     def start(self, num_updates: int) -> None:
         """Start sending the current weights, which contain ``num_updates`` updates."""
-        self.pool.drop_dead()
+        self.before_send()
         began = time.perf_counter()
         try:
             self._send_async(num_updates)
         except (PeerDiedError, SyncTimeoutError) as err:
-            self.pool.handle_sync_error(err)
+            self._failed(err)
             self._send_async(num_updates)  # the survivors still need the new weights
-        self.bytes_moved += bytes_per_sync(self.scheme, self.model_bytes, len(self.pool.active))
+        hosts = getattr(self.scheme.get_sender().transport, "hosts_served", None)
+        self.bytes_moved += self.model_bytes * copies_per_sync(
+            self.scheme.backend_name, len(self.receivers), hosts
+        )
         self._blocked_s = time.perf_counter() - began
 
     def wait(self) -> None:
-        """Finish the pending sync, if any (PPOLearner's ``before_step`` hook)."""
+        """Finish the pending sync, if any (the learner's ``before_step`` hook)."""
         if self._blocked_s is None:
             return
         began = time.perf_counter()
         try:
             self.scheme.wait_async()
         except (PeerDiedError, SyncTimeoutError) as err:
-            self.pool.handle_sync_error(err)
+            self._failed(err)
         self.latencies_ms.append(1e3 * (self._blocked_s + time.perf_counter() - began))
         self._blocked_s = None
 
@@ -94,6 +119,20 @@ class SyncStep:
         if self.updates_in_version[self.version] != num_updates:
             self.start(num_updates)
             self.wait()
+
+    def remove(self, workers: list[int]) -> None:
+        """Stop sending to ``workers`` (the run goes on without them)."""
+        self.receivers = [w for w in self.receivers if w not in workers]
+        self.scheme.get_sender().remove_workers(workers)
+
+    def shutdown(self) -> None:
+        """Shut the scheme down (its workers see it closed)."""
+        self.scheme.shutdown()
+
+    def _failed(self, err: PeerDiedError | SyncTimeoutError) -> None:
+        if not err.workers:
+            raise err
+        self.on_failure(err.workers, str(err))
 
     def _send_async(self, num_updates: int) -> None:
         # Recorded before sending: a worker may adopt the version before send_async returns.

@@ -24,18 +24,20 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from experiments.actor import ActorSpec
 from experiments.checksum import weights_checksum
 from experiments.common.config import plain
 from experiments.common.schemes import build_scheme
+from experiments.common.stats import percentile
 from experiments.config import resolve_device
+from experiments.crew import Crew, RunStopped
 from experiments.distributed import RankPool, build_launched_scheme
-from experiments.factory import build_learner, build_loggers, env_factory, policy_factory
-from experiments.metrics import MetricsLog, mean, percentile, rounded, write_summary
-from experiments.pool import RunStopped, WorkerPool
+from experiments.factory import build_learner, build_loggers
+from experiments.metrics import MetricsLog, mean, rounded, write_summary
+from experiments.pool import WorkerPool
 from experiments.progress import Progress
-from experiments.sync import SyncStep, model_bytes
-from experiments.worker import WorkerSpec
-from weightsync import WeightSyncScheme
+from experiments.sync import SyncStep
+from experiments.workers import Workers
 from weightsync.launch import LaunchInfo
 
 log = logging.getLogger(__name__)
@@ -50,18 +52,19 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
     workers (experiments/distributed.py); None: the workers are spawned here."""
     run = cfg.run
     torch.set_num_threads(run.torch_threads)
-    make_env, make_policy = env_factory(cfg), policy_factory(cfg)
+    spec = ActorSpec.from_config(cfg)
     torch.manual_seed(cfg.seed)  # workers seed alike, so they start from the same weights
-    policy = make_policy().to(resolve_device(cfg.device.trainer))
-    initial_checksum = weights_checksum(policy)
+    policy = spec.make_policy().to(resolve_device(cfg.device.trainer))
     learner = build_learner(cfg, policy, seed=cfg.seed)
-    scheme = build_scheme(cfg) if launch is None else build_launched_scheme(cfg, launch)
-    worker_device = str(resolve_device(cfg.device.worker))
-    specs = [
-        WorkerSpec(w, make_env, make_policy, run.rollout_steps, worker_device, cfg.seed,
-                   run.torch_threads)
-        for w in range(run.num_workers)
-    ]  # fmt: skip
+    if launch is None:  # workers are processes spawned here
+        scheme = build_scheme(cfg)
+        workers: Workers = WorkerPool(spec, run.num_workers, scheme,
+                                      startup_timeout=run.startup_timeout)  # fmt: skip
+    else:  # workers are the other ranks of the launch, on any machine
+        scheme = build_launched_scheme(cfg, launch)
+        workers = RankPool(launch, startup_timeout=run.startup_timeout, bind=cfg.sync.get("bind"))
+    crew = Crew(workers, scheme, policy, rollout_timeout=run.rollout_timeout,
+                on_worker_failure=plain(run.on_worker_failure))  # fmt: skip
     num_iterations = run.total_frames // (run.num_workers * cfg.env.num_envs * run.rollout_steps)
     log.info(
         "training with sync=%s strategy=%s: %d workers, %d iterations, outputs in %s",
@@ -70,30 +73,19 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
 
     metrics = MetricsLog(out_dir, build_loggers(cfg))
     progress = Progress(num_iterations, run.log_every)
-    tally = Tally()
-    status, error, reports = "completed", None, {}
-    sync: SyncStep | None = None
+    tally = Tally(initial_checksum=weights_checksum(policy))
+    sync = crew.sync
     try:
-        limits = {
-            "timeout": cfg.sync.timeout,
-            "startup_timeout": run.startup_timeout,
-            "on_worker_failure": plain(run.on_worker_failure),
-        }
-        if launch is None:  # workers are processes spawned here
-            pool = WorkerPool(specs, scheme, policy, **limits)
-        else:  # workers are the other ranks of the launch, on any machine
-            pool = RankPool(launch, scheme, policy, bind=cfg.sync.get("bind"), **limits)
-        with pool as workers:
-            sync = SyncStep(workers, policy)
+        with crew:
             tally.started = last = time.perf_counter()
             progress.start()
-            workers.request_rollouts()
+            crew.request_rollouts()
             for iteration in range(1, num_iterations + 1):
                 # 1. Collect: every worker's rollout, then at once ask for the next one, which
                 #    the workers collect with the weights they hold while the trainer learns.
-                rollouts = workers.gather()
+                rollouts = crew.gather()
                 if iteration < num_iterations:
-                    workers.request_rollouts()
+                    crew.request_rollouts()
                 batch = torch.cat([r["trajectory"] for r in rollouts], dim=1)
                 new_returns = torch.cat([r["episode_returns"] for r in rollouts]).tolist()
                 lags = [
@@ -137,26 +129,24 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
             tally.finished = time.perf_counter()
             # After the last update: every worker gets the final weights and proves it.
             sync.flush(tally.updates)
-            reports = workers.report()
+            tally.reports = crew.report()
     except KeyboardInterrupt:
-        status = "interrupted"
+        tally.status = "interrupted"
         log.warning("interrupted: workers stopped, metrics so far kept in %s", metrics.path)
     except RunStopped as err:
-        status, error = "worker_failed", str(err)
+        tally.status, tally.error = "worker_failed", str(err)
         log.error("run stopped: %s", err)
     except Exception as err:
-        status, error = "error", f"{type(err).__name__}: {err}"
+        tally.status, tally.error = "error", f"{type(err).__name__}: {err}"
         raise
     finally:
         progress.close()
         metrics.close()
-        summary = _summary(
-            cfg, scheme, policy, sync, tally, reports, initial_checksum, status, error
-        )
+        summary = _summary(cfg, policy, sync, tally)
         write_summary(out_dir, summary)
     log.info(
         "%s in %.1f s: return %s -> %s, %s frames/s, sync p50 %s ms, weights_match=%s",
-        status, summary["wall_time_s"], summary["initial_return"], summary["final_return"],
+        tally.status, summary["wall_time_s"], summary["initial_return"], summary["final_return"],
         summary["frames_per_s"], summary["sync_latency_p50_ms"], summary["weights_match"],
     )  # fmt: skip
     return summary
@@ -164,43 +154,38 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
 
 @dataclass
 class Tally:
-    """What the loop has done so far."""
+    """What the run has done so far, and how it ended."""
 
+    initial_checksum: str  # of the weights every process started from
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None  # when the last update was done (None: it was not)
     frames: int = 0
     updates: int = 0
     returns: list[float] = field(default_factory=list)  # every finished episode, in order
     staleness: list[float] = field(default_factory=list)  # per iteration, mean over workers
+    reports: dict[int, tuple[int, str]] = field(default_factory=dict)  # worker: (version, digest)
+    status: str = "completed"
+    error: str | None = None
 
 
-def _summary(
-    cfg: DictConfig,
-    scheme: WeightSyncScheme,
-    policy: nn.Module,
-    sync: SyncStep | None,
-    tally: Tally,
-    reports: dict[int, tuple[int, str]],
-    initial_checksum: str,
-    status: str,
-    error: str | None,
-) -> dict[str, Any]:
+def _summary(cfg: DictConfig, policy: nn.Module, sync: SyncStep, tally: Tally) -> dict[str, Any]:
     """The run in one JSON object (``summary.json``); see the README for every field."""
     wall_time_s = (tally.finished or time.perf_counter()) - tally.started
-    latencies = [] if sync is None else sync.latencies_ms
+    latencies = sync.latencies_ms
     final = weights_checksum(policy)
     held = {
-        str(w): {"version": version, "weights": _which_weights(digest, final, initial_checksum)}
-        for w, (version, digest) in reports.items()
-    }
+        str(w): {"version": version,
+                 "weights": _which_weights(digest, final, tally.initial_checksum)}
+        for w, (version, digest) in tally.reports.items()
+    }  # fmt: skip
     return {
-        "status": status,
-        "error": error,
-        "sync": scheme.backend_name,
-        "strategy": str(scheme.strategy.extract_as),
-        "scheme": type(scheme).__name__,
+        "status": tally.status,
+        "error": tally.error,
+        "sync": sync.scheme.backend_name,
+        "strategy": str(sync.scheme.strategy.extract_as),
+        "scheme": type(sync.scheme).__name__,
         "model_parameters": sum(p.numel() for p in policy.parameters()),
-        "model_bytes": model_bytes(policy),
+        "model_bytes": sync.model_bytes,
         "num_workers": cfg.run.num_workers,
         "trainer_device": str(next(policy.parameters()).device),
         "worker_device": str(resolve_device(cfg.device.worker)),
@@ -216,8 +201,8 @@ def _summary(
         "sync_latency_p95_ms": rounded(percentile(latencies, 95)),
         "staleness_mean": rounded(mean(tally.staleness)),
         "staleness_max": max(tally.staleness, default=None),
-        "bytes_moved": 0 if sync is None else sync.bytes_moved,
-        "trainer_version": None if sync is None else sync.version,
+        "bytes_moved": sync.bytes_moved,
+        "trainer_version": sync.version,
         # Every worker holds exactly the trainer's final weights. False for sync=none, whose
         # workers hold their "initial" ones; null when the run ended before the check.
         "weights_match": all(h["weights"] == "latest" for h in held.values()) if held else None,

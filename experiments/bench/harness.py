@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import socket
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,18 +31,22 @@ from experiments.bench.config import BenchConfig
 from experiments.bench.limits import gloo_broadcast_ms
 from experiments.bench.memory import memcpy_floor_ms, rss_mb
 from experiments.bench.models import build_model, checksum, input_size, stamp
+from experiments.common.stats import model_bytes, percentile
 from weightsync import WeightSyncScheme
 
 SchemeFactory = Callable[[], WeightSyncScheme]
 
 
 def summarize(values_ms: list[float]) -> dict[str, float] | None:
-    """Median and p95 (nearest rank) of a list of milliseconds; None when empty."""
+    """Median and p95 of a list of milliseconds (``experiments.common.stats.percentile``, as in
+    a training run's summary); None when empty."""
     if not values_ms:
         return None
-    ordered = sorted(values_ms)
-    p95 = ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
-    return {"median": statistics.median(ordered), "p95": p95, "n": len(ordered)}
+    return {
+        "median": percentile(values_ms, 50),
+        "p95": percentile(values_ms, 95),
+        "n": len(values_ms),
+    }
 
 
 def free_port() -> int:
@@ -51,10 +54,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def model_bytes(model: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def shared_bytes(scheme: WeightSyncScheme) -> int:

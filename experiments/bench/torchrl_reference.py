@@ -53,10 +53,11 @@ from torchrl.weight_update import DistributedWeightSyncScheme
 
 from experiments.bench import worker as W
 from experiments.bench.config import BenchConfig
-from experiments.bench.harness import free_port, model_bytes, reap, summarize
+from experiments.bench.harness import free_port, reap, summarize
 from experiments.bench.limits import gloo_broadcast_ms
 from experiments.bench.models import build_model, checksum, read_stamps, stamp
 from experiments.bench.report import machine_info
+from experiments.common.stats import model_bytes
 
 SCHEME = "torchrl-distributed"
 FIRST_VERSION = 1  # stamped before connect(): the initial weights

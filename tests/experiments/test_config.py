@@ -147,6 +147,7 @@ def test_unknown_options_and_wrong_types_fail_to_compose(make_cfg, override, exp
         (["sync.timeout=0"], ["sync.timeout=0", "> 0"]),
         (["sync.timeout=inf"], ["sync.timeout=inf", "finite"]),
         (["run.startup_timeout=inf"], ["run.startup_timeout=inf", "finite"]),
+        (["run.rollout_timeout=0"], ["run.rollout_timeout=0", "> 0"]),
         (["model.hidden_sizes=[]"], ["model.hidden_sizes", ">= 1"]),
         (["run.total_frames=100"], ["run.total_frames=100", "2048"]),
         (["learner.minibatches=5000"], ["learner.minibatches=5000", "2048"]),

@@ -1,0 +1,148 @@
+"""The actor: the one loop every worker runs, however it was launched.
+
+A worker owns a copy of the policy on the worker device and a batched environment. It talks to
+the trainer through a :class:`Channel` (a pipe pair for a spawned worker, a c10d link for a
+torchrun/Slurm rank: ``experiments/pool.py`` and ``experiments/distributed.py``) and receives
+weights through the weight-sync scheme. The trainer sends :class:`Command` s:
+
+* ``COLLECT`` -> one rollout (:func:`rollout_message`), tagged with the weight version that
+  produced it;
+* ``REPORT`` -> ``(version, checksum)`` of the weights it holds;
+* ``STOP`` -> exit.
+
+Between commands the worker keeps calling ``scheme.receive()`` so that new weights are applied
+(and, for the pipe scheme, acknowledged) while it is idle, and once more right before each
+command, so that it acts with the newest version it can have. It never modifies its policy's
+parameters, which for ``shared-mem`` are views of a read-only snapshot.
+
+The environment and the policy come from factories (:class:`ActorSpec`): any env whose
+``make_env(device=..., seed=...)`` gives an object with ``obs``, ``step`` and
+``pop_finished_returns``, and any policy with ``act`` (see ``experiments/rollout.py``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from omegaconf import DictConfig
+from tensordict import TensorDict
+from torch import nn
+
+from experiments.checksum import weights_checksum
+from experiments.config import resolve_device
+from experiments.factory import env_factory, policy_factory
+from experiments.rollout import collect_rollout
+from weightsync import WeightSyncScheme
+
+MODEL_ID = "policy"
+IDLE_WAKEUP_S = 0.05  # an idle worker checks for new weights at least this often
+
+
+class Command(enum.IntEnum):
+    """What the trainer asks of a worker (an int, so that it also fits a c10d header)."""
+
+    COLLECT = 1
+    REPORT = 2
+    STOP = 3
+
+
+@dataclass
+class ActorSpec:
+    """Everything a worker needs to build its copy of the world (pickled to a spawned process)."""
+
+    make_env: Callable[..., Any]
+    make_policy: Callable[[], nn.Module]
+    rollout_steps: int
+    device: str
+    seed: int
+    torch_threads: int
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> ActorSpec:
+        return cls(
+            make_env=env_factory(cfg),
+            make_policy=policy_factory(cfg),
+            rollout_steps=cfg.run.rollout_steps,
+            device=str(resolve_device(cfg.device.worker)),
+            seed=cfg.seed,
+            torch_threads=cfg.run.torch_threads,
+        )
+
+
+class Channel(Protocol):
+    """A worker's end of its command link to the trainer."""
+
+    def ready(self) -> None:
+        """Tell the trainer this worker is built and about to join the scheme."""
+
+    def next_command(self, timeout: float) -> Command | None:
+        """The next command, or None if none came within ``timeout`` s (a channel that cannot
+        wait with a limit may block until one comes)."""
+
+    def send_rollout(self, rollout: TensorDict) -> None:
+        """Ship one rollout (a :func:`rollout_message`) to the trainer."""
+
+    def send_report(self, version: int, digest: str) -> None:
+        """Answer ``REPORT``: the weight version held and its :func:`weights_checksum`."""
+
+
+def rollout_message(
+    trajectory: TensorDict, episode_returns: torch.Tensor, version: int
+) -> TensorDict:
+    """What a worker ships per rollout: the ``[T, B]`` trajectory (with the behaviour policy's
+    ``log_prob``), the returns of episodes that ended in it, and the weight version that acted."""
+    return TensorDict(
+        {
+            "trajectory": trajectory,
+            "episode_returns": episode_returns,
+            "policy_version": torch.tensor(version),
+        },
+        batch_size=[],
+    ).to("cpu")
+
+
+def run_actor(
+    spec: ActorSpec,
+    worker_id: int,
+    scheme: WeightSyncScheme,
+    channel: Channel,
+    endpoints: dict[str, Any],
+) -> None:
+    """Serve the trainer until told to stop or the scheme is shut down.
+
+    ``endpoints`` go to ``scheme.init_on_receiver`` (a spawned worker's weight pipe, a rank's
+    worker id). A trainer that is gone surfaces as the channel's or the scheme's error;
+    the launcher's entry point decides which of those mean "nobody is left to work for".
+    """
+    torch.set_num_threads(spec.torch_threads)
+    device = torch.device(spec.device)
+    torch.manual_seed(spec.seed)  # the trainer seeds the same way: same initial weights
+    policy = spec.make_policy().to(device)
+    env_seed = spec.seed + 1 + worker_id
+    env = spec.make_env(device=device, seed=env_seed)
+    sampler = torch.Generator(device).manual_seed(env_seed)
+
+    scheme.init_on_receiver(MODEL_ID, model=policy, **endpoints)
+    channel.ready()
+    scheme.connect()
+    receiver = scheme.get_receiver()
+
+    while not scheme.closed:
+        command = channel.next_command(IDLE_WAKEUP_S)
+        scheme.receive(0.0)  # idle: apply (and acknowledge) new weights; busy: act with them
+        if command is None:
+            continue
+        if command == Command.STOP:
+            return
+        if command == Command.COLLECT:
+            version = receiver.version
+            trajectory = collect_rollout(env, policy, spec.rollout_steps, generator=sampler)
+            channel.send_rollout(rollout_message(trajectory, env.pop_finished_returns(), version))
+        elif command == Command.REPORT:
+            channel.send_report(receiver.version, weights_checksum(policy))
+        else:
+            raise ValueError(f"worker {worker_id} got an unknown command {command!r}")

@@ -1,0 +1,143 @@
+"""The trainer's workers and the scheme that keeps them in sync, with one failure policy for both.
+
+:class:`Crew` is what the training loop talks to: it asks every live worker for a rollout and
+gathers them, owns the :class:`~experiments.sync.SyncStep` that pushes the weights, and asks for
+the workers' final reports. It works with any :class:`~experiments.workers.Workers` (spawned
+here or launched as ranks). A worker that is lost, whether seen by a rollout that did not come
+(``run.rollout_timeout``), by its process exiting, or by the scheme (a weightsync
+``PeerDiedError``/``SyncTimeoutError`` naming it), is handled in one place, :meth:`Crew.drop`,
+as ``on_worker_failure`` says: ``stop`` ends the run (:class:`RunStopped`), ``continue`` goes
+on with the survivors, removed from the workers and from the scheme's sender.
+
+A ``Crew`` is a context manager whose exit always leaves nothing behind: workers are told to
+stop, the scheme is shut down, then the workers' resources are released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from tensordict import TensorDict
+from torch import nn
+
+from experiments.actor import Command
+from experiments.sync import SyncStep
+from experiments.workers import WorkerLost, Workers
+from weightsync import WeightSyncScheme
+
+log = logging.getLogger(__name__)
+
+
+class RunStopped(Exception):
+    """The run cannot go on: a worker failed under ``on_worker_failure=stop``, or none is left."""
+
+
+class Crew:
+    """``workers`` kept in sync with ``policy`` by ``scheme``.
+
+    Args:
+        workers: the workers, not yet started.
+        scheme: the trainer's weight-sync scheme, not yet initialised.
+        policy: the trainer's policy, the model the scheme sends.
+        rollout_timeout: seconds a worker may take to deliver a rollout or a report before it
+            counts as lost.
+        on_worker_failure: ``"stop"`` or ``"continue"``.
+    """
+
+    def __init__(
+        self,
+        workers: Workers,
+        scheme: WeightSyncScheme,
+        policy: nn.Module,
+        *,
+        rollout_timeout: float,
+        on_worker_failure: str,
+    ) -> None:
+        self.workers = workers
+        self.rollout_timeout = rollout_timeout
+        self.on_worker_failure = on_worker_failure
+        self.active: list[int] = []
+        self.sync = SyncStep(scheme, policy, on_failure=self.drop, before_send=self.drop_dead)
+
+    def __enter__(self) -> Crew:
+        try:
+            endpoints = self.workers.start()
+            self.active = list(range(self.workers.num_workers))
+            self.sync.connect(self.active, **endpoints)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------ commands
+    def request_rollouts(self) -> None:
+        """Ask every live worker for its next rollout (they collect in parallel)."""
+        self._each(lambda w: self.workers.send(w, Command.COLLECT))
+
+    def gather(self) -> list[TensorDict]:
+        """The rollout each live worker was asked for, in worker order (survivors only)."""
+        return self._each(lambda w: self.workers.receive_rollout(w, self.rollout_timeout))
+
+    def report(self) -> dict[int, tuple[int, str]]:
+        """``{worker: (weight version, weights checksum)}`` of every live worker."""
+
+        reports = {}
+
+        def ask(w: int) -> None:
+            self.workers.send(w, Command.REPORT)
+            reports[w] = self.workers.receive_report(w, self.rollout_timeout)
+
+        self._each(ask)
+        return reports
+
+    def _each(self, call: Callable[[int], Any]) -> list[Any]:
+        """``call(w)`` for every live worker, in order; a lost one goes to :meth:`drop`."""
+        results = []
+        for w in list(self.active):
+            try:
+                results.append(call(w))
+            except WorkerLost as err:
+                self.drop([err.worker], str(err))
+        return results
+
+    # ------------------------------------------------------------------------------ failures
+    def drop(self, workers: list[int], reason: str) -> None:
+        """Workers failed: stop the run, or go on without them (``on_worker_failure``)."""
+        workers = [w for w in workers if w in self.active]
+        if not workers:
+            return  # already handled (e.g. seen dead by gather, then by the scheme's send)
+        if self.on_worker_failure == "stop":
+            raise RunStopped(f"{reason} (run.on_worker_failure=stop)")
+        log.warning("going on without worker(s) %s: %s", workers, reason)
+        self.active = [w for w in self.active if w not in workers]
+        self.sync.remove(workers)
+        for w in workers:
+            self.workers.release(w)
+        if not self.active:
+            raise RunStopped(f"no workers left: {reason}")
+
+    def drop_dead(self) -> None:
+        """Drop workers known to be gone, before a send would find out the hard way."""
+        for w in list(self.active):
+            reason = self.workers.exit_reason(w)
+            if reason is not None:
+                self.drop([w], reason)
+
+    # ------------------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        """Tell every live worker to stop, shut the scheme down, release the workers."""
+        for w in self.active:
+            with contextlib.suppress(WorkerLost):
+                self.workers.send(w, Command.STOP)
+        self.active = []
+        try:
+            self.sync.shutdown()
+        except Exception as err:  # tearing down must not hide the original error
+            log.warning("scheme shutdown failed: %s", err)
+        self.workers.close()
