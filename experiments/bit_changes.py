@@ -1,6 +1,6 @@
 """How much of a model one PPO update changes, bit for bit: would delta updates pay?
 
-``python -m experiments.bench.bit_changes model=mlp_1m [updates=5] [any run.py override]`` runs
+``python -m experiments.bit_changes model=mlp_1m [updates=5] [any run.py override]`` runs
 ``updates`` PPO updates of the framework's policy on rollouts of its own environment (as
 ``run.py`` does, in one process) and prints, per update, the fraction of floating-point elements
 whose float32 bits changed, and whose bfloat16 bits (the value rounded to bf16) changed.
@@ -19,7 +19,7 @@ import experiments.config  # noqa: F401  (registers the config schema)
 from experiments.factory import build_learner, env_factory, policy_factory
 from experiments.rollout import collect_rollout
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def changed_fractions(before: list[torch.Tensor], after: list[torch.Tensor]) -> dict[str, float]:
