@@ -99,6 +99,11 @@ def _check_sync(sync: DictConfig) -> None:
         raise ConfigError(f"sync.port={sync.port} is not a TCP port: give 0-65535 (0: free).")
     if sync.get("join_timeout") is not None and not sync.join_timeout > 0:
         raise ConfigError(f"sync.join_timeout={sync.join_timeout} is not allowed: it must be > 0.")
+    if sync.get("topology") not in (None, "flat", "per_host"):
+        raise ConfigError(
+            f"sync.topology={sync.topology} is not allowed: flat (one network copy per worker) "
+            "or per_host (one per host, shared memory within)."
+        )
     for key in ("host", "bind"):
         if sync.get(key) == "":
             raise ConfigError(f"sync.{key} is empty: give an address or leave it unset (null).")

@@ -29,10 +29,14 @@ from weightsync import PeerDiedError, SyncTimeoutError, WeightSyncScheme
 ONE_COPY_FOR_ALL = frozenset({"shared-mem"})
 
 
-def copies_per_sync(backend: str, num_workers: int) -> int:
-    """How many full copies of the weights one sync of ``backend`` moves to ``num_workers``."""
+def copies_per_sync(backend: str, num_workers: int, hosts: int | None = None) -> int:
+    """How many full copies of the weights one sync of ``backend`` moves to ``num_workers``;
+    ``hosts``: the hosts it reaches, for a scheme that copies once per host (distributed with
+    ``topology=per_host``)."""
     if backend == "none":
         return 0
+    if hosts is not None:
+        return hosts
     return 1 if backend in ONE_COPY_FOR_ALL else num_workers
 
 
@@ -91,8 +95,9 @@ class SyncStep:
         except (PeerDiedError, SyncTimeoutError) as err:
             self._failed(err)
             self._send_async(num_updates)  # the survivors still need the new weights
+        hosts = getattr(self.scheme.get_sender().transport, "hosts_served", None)
         self.bytes_moved += self.model_bytes * copies_per_sync(
-            self.scheme.backend_name, len(self.receivers)
+            self.scheme.backend_name, len(self.receivers), hosts
         )
         self._blocked_s = time.perf_counter() - began
 

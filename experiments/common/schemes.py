@@ -84,7 +84,8 @@ class DistributedSyncConfig(SyncConfig):
     interface (default: torch's choice; ``GLOO_SOCKET_IFNAME`` honoured). ``heartbeat``: seconds
     between the trainer's heartbeats (a worker hearing none for four counts it lost; 0: none).
     ``backend``: how a GPU model travels (null: NCCL where both ends have it; ``nccl``; ``gloo``:
-    through host memory).
+    through host memory). ``topology``: ``flat`` (one network copy per worker) or ``per_host``
+    (one per host, shared-memory snapshots within).
     """
 
     _target_: str = "weightsync.DistributedWeightSyncScheme"
@@ -94,6 +95,7 @@ class DistributedSyncConfig(SyncConfig):
     join_timeout: float | None = None
     heartbeat: float = from_constructor(DistributedWeightSyncScheme, "heartbeat")
     backend: str | None = from_constructor(DistributedWeightSyncScheme, "backend")
+    topology: str = from_constructor(DistributedWeightSyncScheme, "topology")
 
 
 class ExtractAs(str, Enum):

@@ -15,7 +15,9 @@ from tests.helpers.workers import report_threads_at_exit
 from weightsync import DistributedWeightSyncScheme, PeerDiedError
 
 
-def serve_broadcasts(scheme, worker_id: int, ctl, seed: int = 1, device: str = "cpu") -> None:
+def serve_broadcasts(
+    scheme, worker_id: int, ctl, seed: int = 1, device: str = "cpu", host_id: str | None = None
+) -> None:
     """Join the scheme's group with a model on ``device``, then apply updates until the trainer
     closes; report each state.
 
@@ -26,7 +28,7 @@ def serve_broadcasts(scheme, worker_id: int, ctl, seed: int = 1, device: str = "
     """
     try:
         model = make_model(seed).to(device)
-        scheme.init_on_receiver("policy", model=model, worker_id=worker_id)
+        scheme.init_on_receiver("policy", model=model, worker_id=worker_id, host_id=host_id)
         scheme.connect()
         receiver = scheme.get_receiver()
         ctl.send(("state", receiver.version, _on_cpu(state_of(model)), _facts(model)))

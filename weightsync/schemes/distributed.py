@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ from weightsync.schemes.base import WeightSyncScheme
 from weightsync.strategy import DEFAULT_FORMAT, WeightFormat
 from weightsync.transports.c10d import nccl_usable
 from weightsync.transports.distributed import DistributedReceiver, DistributedSender
+from weightsync.transports.per_host import PerHostReceiver, PerHostSender
 
 #: Heartbeats a worker misses before it counts the trainer as lost.
 SILENT_HEARTBEATS = 4
@@ -48,6 +49,12 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
             host memory, with a warning. ``"nccl"``: the same, but an error where NCCL is
             missing. ``"gloo"``: always through host memory. Control messages, and CPU models,
             always travel over gloo.
+        topology: ``"flat"`` (default): every worker receives each update over its own link.
+            ``"per_host"``: each host with workers receives it over the network once and its
+            workers adopt it from shared-memory snapshots; workers on the trainer's host take it
+            from the trainer's shared memory (see :mod:`weightsync.transports.per_host`).
+        host_id: which host this process counts as under ``per_host`` (None: its machine and
+            network namespace); ``init_on_receiver(host_id=...)`` sets it per worker.
         strategy, timeout, reject_non_finite, bind_source, sync: see WeightSyncScheme.
 
     Example (one line per process, under ``torchrun --nproc-per-node=3 script.py``)::
@@ -74,9 +81,18 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         heartbeat: float = 5.0,
         worker_id: int | None = None,
         backend: str | None = None,
+        topology: Literal["flat", "per_host"] = "flat",
+        host_id: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(strategy, **kwargs)
+        if topology not in ("flat", "per_host"):
+            raise ValueError(
+                f"DistributedWeightSyncScheme: topology={topology!r} is not 'flat' (one copy per "
+                "worker) or 'per_host' (one copy per host, shared memory within)"
+            )
+        self.topology = topology
+        self.host_id = host_id
         if backend not in (None, "gloo", "nccl"):
             raise ValueError(
                 f"DistributedWeightSyncScheme: backend={backend!r} is not one of None (NCCL for "
@@ -127,6 +143,7 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         optional ``bind=`` address or interface for this worker."""
         self.worker_id = kwargs.pop("worker_id", getattr(context, "worker_id", self.worker_id))
         self.bind = kwargs.pop("bind", self.bind)
+        self.host_id = kwargs.pop("host_id", self.host_id)
         super().init_on_receiver(model_id, context, **kwargs)
 
     def _use_nccl(self) -> bool:
@@ -143,11 +160,18 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
     def _build_sender_transport(
         self, pipes: list | None, num_workers: int | None
     ) -> DistributedSender:
-        transport = DistributedSender(
-            num_workers or self.num_workers, self.host, self.port, self.timeout,
-            join_timeout=self.join_timeout, bind=self.bind, use_nccl=self._use_nccl(),
-            heartbeat=self.heartbeat,
-        )  # fmt: skip
+        if self.topology == "per_host":
+            transport = PerHostSender(
+                num_workers or self.num_workers, self.host, self.port, self.timeout,
+                join_timeout=self.join_timeout, bind=self.bind, heartbeat=self.heartbeat,
+                host_id=self.host_id,
+            )  # fmt: skip
+        else:
+            transport = DistributedSender(
+                num_workers or self.num_workers, self.host, self.port, self.timeout,
+                join_timeout=self.join_timeout, bind=self.bind, use_nccl=self._use_nccl(),
+                heartbeat=self.heartbeat,
+            )  # fmt: skip
         self.num_workers, self.port = len(transport.links), transport.port
         return transport
 
@@ -163,11 +187,18 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
                 "the scheme does not know the trainer's port: pickle it to the worker after "
                 "init_on_sender() (which picks the port), or build it with port=<the port>"
             )
-        transport = DistributedReceiver(
-            self.worker_id, self.host, self.port, join_timeout=self.join_timeout, bind=self.bind,
-            device=_gpu_of(self._model) if self._use_nccl() else None,
-            silence=SILENT_HEARTBEATS * self.heartbeat or None,
-        )  # fmt: skip
+        silence = SILENT_HEARTBEATS * self.heartbeat or None
+        if self.topology == "per_host":
+            transport = PerHostReceiver(
+                self.worker_id, self.host, self.port, join_timeout=self.join_timeout,
+                bind=self.bind, silence=silence, host_id=self.host_id, timeout=self.timeout,
+            )  # fmt: skip
+        else:
+            transport = DistributedReceiver(
+                self.worker_id, self.host, self.port, join_timeout=self.join_timeout,
+                bind=self.bind, device=_gpu_of(self._model) if self._use_nccl() else None,
+                silence=silence,
+            )  # fmt: skip
         transport.model_id = self.model_id
         return transport
 

@@ -24,6 +24,7 @@ closes. Other workers' links are untouched by either, so the survivors keep rece
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import threading
 import time
@@ -83,6 +84,8 @@ class Msg(enum.IntEnum):
     LEAVING = 7  # worker: shutting down; answer CLOSE
     BYE = 8  # worker: its receiving thread has ended
     ALIVE = 9  # trainer: a heartbeat on an idle link; worker: its echo (the same number)
+    ROLE = 10  # trainer (per-host fan-out): the worker's part on its host, as JSON
+    SNAPSHOT = 11  # trainer (per-host fan-out): a version published in the host's snapshots
 
 
 def link_prefix(worker_id: int) -> str:
@@ -102,6 +105,7 @@ class _TrainerLink:
         self.acked: int | None = None
         self.said_hello = False
         self.gpu: str | None = None  # the UUID of the GPU the worker receives on, if any
+        self.host: str | None = None  # the worker's host key (see transports/host_ring.py)
         self.nccl_rendezvous: int | None = None  # the first NCCL update, while its keys stay
         self.nccl_joined = False  # the worker received over NCCL: its group's keys are gone
         self.beats = 0  # heartbeats sent
@@ -162,9 +166,9 @@ class _TrainerLink:
             kind, version, length, _ = msg.tolist()
             if kind == Msg.HELLO:
                 link.forget_keys("gloo")
-                gpu = _recv_text(link, length) if length else None
+                hello = json.loads(_recv_text(link, length)) if length else {}
                 with owner.cond:
-                    self.said_hello, self.gpu = True, gpu
+                    self.said_hello, self.gpu, self.host = True, hello.get("gpu"), hello.get("host")
                     owner.cond.notify_all()
                 continue
             if kind == Msg.BYE:
@@ -197,10 +201,13 @@ class _TrainerLink:
 
     def _fail(self, reason: str) -> None:
         with self.owner.cond:
+            first = self.failure is None
             self.failure = self.failure or reason
             self.owner.cond.notify_all()
         if self.link is not None:
             self.link.abort()
+        if first:
+            self.owner.link_failed(self.worker_id, reason)
 
 
 class DistributedSender:
@@ -358,19 +365,31 @@ class DistributedSender:
             if not link.usable:
                 continue  # named by finish()
             data = host.data if ways[w] is Route.HOST_COPY else buffer.data
-            if data.is_cuda and not link.nccl_joined and link.nccl_rendezvous is None:
-                link.nccl_rendezvous = version
-            fresh = link.layout_sent != layout
-            message = header(Msg.UPDATE, version, len(layout) if fresh else 0, int(data.is_cuda))
             try:
-                if fresh:
-                    link.send(message, as_bytes(layout), data, mark=("update", version))
-                    link.layout_sent = layout
-                else:
-                    link.send(message, data, mark=("update", version))
+                self._send_update(link, version, layout, data)
             except RuntimeError as err:
                 link._fail(f"cannot be sent to ({_first_line(err)})")
         self._in_flight = (model_id, version, targets, buffer)
+
+    def _send_update(
+        self, link: _TrainerLink, version: int, layout: bytes, data: torch.Tensor | None
+    ) -> None:
+        """Queue one update to one worker: the header, the layout when it changed, and ``data``
+        (None: no data, the worker takes the version from its host's snapshots)."""
+        if data is not None and data.is_cuda and not link.nccl_joined:
+            link.nccl_rendezvous = link.nccl_rendezvous or version
+        fresh = link.layout_sent != layout
+        if data is None:
+            message = header(Msg.SNAPSHOT, version, len(layout) if fresh else 0)
+        else:
+            message = header(Msg.UPDATE, version, len(layout) if fresh else 0, int(data.is_cuda))
+        tensors = [message, *([as_bytes(layout)] if fresh else [])]
+        link.send(*tensors, *([] if data is None else [data]), mark=("update", version))
+        link.layout_sent = layout
+
+    def link_failed(self, worker_id: int, reason: str) -> None:
+        """A worker's link has just failed (``reason``); the per-host fan-out names those it
+        served."""
 
     def _host_copy(self, buffer: FlatBuffer, workers: list[int]) -> FlatBuffer | None:
         """For a buffer on the GPU, the host copy sent to ``workers`` (those routed
@@ -580,11 +599,8 @@ class DistributedReceiver:
                 )
             )
             return
-        if self.device is None:
-            self._answer(header(Msg.HELLO))
-        else:
-            gpu = as_bytes(gpu_uuid(self.device))
-            self._answer(header(Msg.HELLO, length=len(gpu)), gpu)
+        hello = as_bytes(json.dumps(self._hello()))
+        self._answer(header(Msg.HELLO, length=hello.numel()), hello)
         try:
             while self._receive_one(self._link):
                 pass
@@ -597,6 +613,9 @@ class DistributedReceiver:
                     "s, not even its heartbeat: its host is down or unreachable"
                 )
             )
+            return
+        except WeightSyncError as err:  # e.g. its host's relay died (per-host fan-out)
+            self._stop(err)
             return
         except RuntimeError as err:
             self._stop(
@@ -612,6 +631,10 @@ class DistributedReceiver:
             return
         self._stop(None)
 
+    def _hello(self) -> dict[str, Any]:
+        """What the worker tells the trainer when it joins: the GPU it receives on, if any."""
+        return {"gpu": None if self.device is None else gpu_uuid(self.device)}
+
     def _receive_one(self, link: Link) -> bool:
         """Receive the next message; False once the trainer closed."""
         msg = empty_header()
@@ -623,21 +646,36 @@ class DistributedReceiver:
         if kind == Msg.ALIVE:
             self._answer(header(Msg.ALIVE, version))  # lets the trainer collect its heartbeats
             return True
+        layout = None
         if layout_len:
             raw = torch.empty(layout_len, dtype=torch.uint8)
             link.recv(raw, DATA)
-            self._layout = decode_layout(bytes(raw.numpy()))
-        if on_gpu and self.device is None:
-            raise ValueError("the trainer sent a GPU update to a worker that takes none")
-        target = self._spare(self.device if on_gpu else torch.device("cpu"))
-        link.recv(target.data, DATA)
+            layout = bytes(raw.numpy())
+        update = self._take(link, Msg(kind), version, layout, bool(on_gpu))
+        if update is None:
+            return True
         with self._cond:
-            self._ready = Update(self.model_id, version, target, zero_copy=True)
+            self._ready = update
             idle = self._waiting
             self._cond.notify_all()
         if not idle:
             self._answer(header(Msg.BUSY, version))
         return True
+
+    def _take(
+        self, link: Link, kind: Msg, version: int, layout: bytes | None, on_gpu: bool
+    ) -> Update | None:
+        """Take in what the header ``kind`` announced (``layout``: the new JSON layout, if it
+        changed): the update to hand to ``poll``, or None when there is none to hand."""
+        if layout is not None:
+            self._layout = decode_layout(layout)
+        if kind != Msg.UPDATE:
+            raise ValueError(f"unexpected message {kind.name} from the trainer")
+        if on_gpu and self.device is None:
+            raise ValueError("the trainer sent a GPU update to a worker that takes none")
+        target = self._spare(self.device if on_gpu else torch.device("cpu"))
+        link.recv(target.data, DATA)
+        return Update(self.model_id, version, target, zero_copy=True)
 
     def _spare(self, device: torch.device) -> FlatBuffer:
         """A buffer on ``device`` to receive into: the one holding a superseded, unadopted
