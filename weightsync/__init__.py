@@ -24,6 +24,7 @@ from weightsync.schemes import (
     DistributedWeightSyncScheme,
     MultiProcessWeightSyncScheme,
     NoWeightSyncScheme,
+    RayWeightSyncScheme,
     SharedMemWeightSyncScheme,
     WeightSyncScheme,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "NoWeightSyncScheme",
     "NonFiniteWeightsError",
     "PeerDiedError",
+    "RayWeightSyncScheme",
     "SchemeMismatchError",
     "SharedMemTransport",
     "SharedMemWeightSyncScheme",
