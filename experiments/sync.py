@@ -20,6 +20,7 @@ from experiments.pool import WorkerPool
 from weightsync import (
     NoWeightSyncScheme,
     PeerDiedError,
+    RayWeightSyncScheme,
     SharedMemWeightSyncScheme,
     SyncTimeoutError,
     WeightSyncScheme,
@@ -36,8 +37,8 @@ def bytes_per_sync(scheme: WeightSyncScheme, size: int, num_workers: int) -> int
     (shared-mem), or one copy per worker (pipe, and any scheme that copies to each worker)."""
     if isinstance(scheme, NoWeightSyncScheme):
         return 0
-    if isinstance(scheme, SharedMemWeightSyncScheme):
-        return size
+    if isinstance(scheme, SharedMemWeightSyncScheme | RayWeightSyncScheme):
+        return size  # ray: one put, pulled once to each other node with workers
     return size * num_workers
 
 

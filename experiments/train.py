@@ -35,7 +35,7 @@ from experiments.pool import RunStopped, WorkerPool
 from experiments.progress import Progress
 from experiments.sync import SyncStep, model_bytes
 from experiments.worker import WorkerSpec
-from weightsync import WeightSyncScheme
+from weightsync import RayWeightSyncScheme, WeightSyncScheme
 from weightsync.launch import LaunchInfo
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,11 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
             "startup_timeout": run.startup_timeout,
             "on_worker_failure": plain(run.on_worker_failure),
         }
-        if launch is None:  # workers are processes spawned here
+        if isinstance(scheme, RayWeightSyncScheme):  # workers are Ray actors, on any node
+            from experiments.ray_pool import RayPool  # Ray is an optional extra
+
+            pool = RayPool(specs, scheme, policy, address=cfg.sync.get("address"), **limits)
+        elif launch is None:  # workers are processes spawned here
             pool = WorkerPool(specs, scheme, policy, **limits)
         else:  # workers are the other ranks of the launch, on any machine
             pool = RankPool(launch, scheme, policy, bind=cfg.sync.get("bind"), **limits)

@@ -64,17 +64,40 @@ def run_worker(
         data_pipe.close()
 
 
+class Actor:
+    """A worker's world, built from its spec: its policy, its batched environment and its
+    action sampler; :meth:`rollout` collects one rollout as the message the trainer expects."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        torch.set_num_threads(spec.torch_threads)
+        device = torch.device(spec.device)
+        torch.manual_seed(spec.seed)  # the trainer seeds the same way: same initial weights
+        self.spec = spec
+        self.policy = spec.make_policy().to(device)
+        env_seed = spec.seed + 1 + spec.worker_id
+        self.env = spec.make_env(device=device, seed=env_seed)
+        self.sampler = torch.Generator(device).manual_seed(env_seed)
+
+    def rollout(self, version: int) -> TensorDict:
+        """One rollout with the policy as it is, tagged with its weight ``version``, on CPU."""
+        trajectory = collect_rollout(
+            self.env, self.policy, self.spec.rollout_steps, generator=self.sampler
+        )
+        return TensorDict(
+            {
+                "trajectory": trajectory,
+                "episode_returns": self.env.pop_finished_returns(),
+                "policy_version": torch.tensor(version),
+            },
+            batch_size=[],
+        ).to("cpu")
+
+
 def _serve(
     spec: WorkerSpec, scheme: WeightSyncScheme, weight_pipe: Connection, data_pipe: Connection
 ) -> None:
-    torch.set_num_threads(spec.torch_threads)
-    device = torch.device(spec.device)
-    torch.manual_seed(spec.seed)  # the trainer seeds the same way: same initial weights
-    policy = spec.make_policy().to(device)
-    env_seed = spec.seed + 1 + spec.worker_id
-    env = spec.make_env(device=device, seed=env_seed)
-    sampler = torch.Generator(device).manual_seed(env_seed)
-
+    actor = Actor(spec)
+    policy = actor.policy
     scheme.init_on_receiver(MODEL_ID, model=policy, pipe=weight_pipe)
     data_pipe.send(READY)
     scheme.connect()
@@ -90,16 +113,7 @@ def _serve(
             return
         scheme.receive(0.0)  # act with the newest weights there are
         if command == COLLECT:
-            version = receiver.version
-            trajectory = collect_rollout(env, policy, spec.rollout_steps, generator=sampler)
-            message = TensorDict(
-                {
-                    "trajectory": trajectory,
-                    "episode_returns": env.pop_finished_returns(),
-                    "policy_version": torch.tensor(version),
-                },
-                batch_size=[],
-            ).to("cpu")
+            message = actor.rollout(receiver.version)
             # Pickled by value: no shared-memory segment per batch that a crash could leak.
             data_pipe.send_bytes(pickle.dumps(message))
         elif command == REPORT:
