@@ -40,3 +40,8 @@ class SyncedModel:
 
     def leave(self) -> None:
         self.scheme.shutdown()
+
+    def rebuild(self, make_model: Any) -> None:
+        """A new model (joins the next scheme)."""
+        torch.manual_seed(1)
+        self.model = make_model()

@@ -15,7 +15,8 @@ The trainer's ``finish`` waits for every chosen worker's receiving thread, not f
 a busy worker never holds the trainer up. A worker that does not answer within the timeout is
 named; one whose actor is dead is named as dead as soon as Ray says so. Only the newest version
 is referenced by the trainer and the board, and each worker references the version its model
-uses and at most one newer: older versions leave the object store as soon as no one uses them.
+uses and at most one newer: Ray deletes a version once no one references it (in batches, about
+once a second), so the store holds the versions in use plus those released since its last batch.
 
 Ray is an optional dependency (``pip install 'weightsync[ray]'``), imported only when a Ray
 transport is built.
