@@ -64,7 +64,13 @@ class RaySession:
     def __init__(self, address: str | None) -> None:
         self.owned = not ray.is_initialized()
         if self.owned:
-            ray.init(address=address or "local", include_dashboard=False, logging_level="WARNING")
+            local = {"_node_ip_address": "127.0.0.1"} if address is None else {}  # this host only
+            ray.init(
+                address=address or "local",
+                include_dashboard=False,
+                logging_level="WARNING",
+                **local,
+            )
             log.info("Ray: %s", "a new local instance" if address is None else f"joined {address}")
 
     def close(self) -> None:
