@@ -15,7 +15,6 @@ import contextlib
 import logging
 from typing import Any
 
-import ray
 from tensordict import TensorDict
 from torch import nn
 
@@ -23,6 +22,11 @@ from experiments.checksum import weights_checksum
 from experiments.pool import JOIN_TIMEOUT_S, RunStopped, WorkerPool
 from experiments.worker import MODEL_ID, Actor, WorkerSpec
 from weightsync import WeightSyncScheme
+
+try:
+    import ray
+except ImportError:  # only sync=ray needs the ray extra; the other options run without it
+    ray = None
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,8 @@ class RaySession:
     launcher's job, a user's own ``ray.init``): that connection, left as it is at the end."""
 
     def __init__(self, address: str | None) -> None:
+        if ray is None:
+            raise ImportError("sync=ray runs on Ray: pip install -e '.[ray]'")
         self.owned = not ray.is_initialized()
         if self.owned:
             local = {"_node_ip_address": "127.0.0.1"} if address is None else {}  # this host only

@@ -33,6 +33,7 @@ from experiments.factory import build_learner, build_loggers, env_factory, polic
 from experiments.metrics import MetricsLog, mean, percentile, rounded, write_summary
 from experiments.pool import RunStopped, WorkerPool
 from experiments.progress import Progress
+from experiments.ray_pool import RayPool
 from experiments.sync import SyncStep, model_bytes
 from experiments.worker import WorkerSpec
 from weightsync import RayWeightSyncScheme, WeightSyncScheme
@@ -80,8 +81,6 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
             "on_worker_failure": plain(run.on_worker_failure),
         }
         if isinstance(scheme, RayWeightSyncScheme):  # workers are Ray actors, on any node
-            from experiments.ray_pool import RayPool  # Ray is an optional extra
-
             pool = RayPool(specs, scheme, policy, address=cfg.sync.get("address"), **limits)
         elif launch is None:  # workers are processes spawned here
             pool = WorkerPool(specs, scheme, policy, **limits)
