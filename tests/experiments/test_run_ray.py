@@ -54,6 +54,7 @@ class MarkedRun:
 
     def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None):
         self.marker = uuid.uuid4().hex
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.out_dir = tmp_path / "run"
         self.log = (tmp_path / "run.out").open("w+")
         environ = {**os.environ, MARKER: self.marker, "PYTHONPATH": str(REPO), **(env or {})}

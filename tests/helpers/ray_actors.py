@@ -45,3 +45,7 @@ class SyncedModel:
         """A new model (joins the next scheme)."""
         torch.manual_seed(1)
         self.model = make_model()
+
+    def node(self) -> str:
+        """The Ray node this actor runs on."""
+        return ray.get_runtime_context().get_node_id()
