@@ -61,6 +61,7 @@ def two_nodes() -> Iterator[str]:
             pytest.skip(f"cannot build the second node's network: {done.stderr.strip()}")
     marker = uuid.uuid4().hex
     os.environ[MARKER] = marker  # every Ray process started below inherits it
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # the node in the namespace has no token of its own
     address = f"{HEAD_IP}:{PORT}"
     common = ["--num-cpus=1", "--disable-usage-stats"]
     try:
@@ -77,6 +78,7 @@ def two_nodes() -> Iterator[str]:
         for pid in marked(marker):
             os.kill(pid, signal.SIGKILL)
         os.environ.pop(MARKER, None)
+        os.environ.pop("RAY_AUTH_MODE", None)
         sh("ip", "link", "del", HOST_IF)
         sh("ip", "netns", "del", NETNS)
 
