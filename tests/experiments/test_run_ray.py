@@ -151,7 +151,9 @@ def test_ctrl_c_stops_a_ray_run_and_leaves_no_ray_process(start_run) -> None:
 
 def test_a_run_joins_a_running_ray_instance_and_leaves_it_running(start_run, tmp_path) -> None:
     marker = uuid.uuid4().hex
-    env = {**os.environ, MARKER: marker}
+    # No token: ~/.ray/auth_token is shared by every Ray instance of this user on the machine.
+    no_token = {"RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, MARKER: marker, **no_token}
     env.pop("RAY_ADDRESS", None)
     address = f"127.0.0.1:{free_port()}"
     head = subprocess.run(
@@ -162,7 +164,7 @@ def test_a_run_joins_a_running_ray_instance_and_leaves_it_running(start_run, tmp
     )  # fmt: skip
     try:
         assert head.returncode == 0, head.stdout + head.stderr
-        run = start_run("sync=ray", f"sync.address={address}", "experiment=smoke")
+        run = start_run("sync=ray", f"sync.address={address}", "experiment=smoke", env=no_token)
         assert run.wait() == 0, run.output()
         assert run.summary()["weights_match"] is True
         run.assert_nothing_left()  # its actors are gone ...
