@@ -152,11 +152,19 @@ def test_the_object_store_holds_a_bounded_number_of_versions(actors: list) -> No
 
 
 def objects_in_store() -> int:
-    """How many objects Ray's object store holds now, over all nodes."""
+    """How many objects Ray's object store holds now, over all nodes (asked again when the
+    GCS does not answer in time, as happens on a heavily loaded machine)."""
     from ray._private.internal_api import memory_summary
 
-    summary = memory_summary(stats_only=True)
-    return int(re.search(r"(\d+) objects", summary).group(1))
+    for attempt in range(5):
+        try:
+            summary = memory_summary(stats_only=True)
+            return int(re.search(r"(\d+) objects", summary).group(1))
+        except ray.exceptions.RaySystemError:
+            if attempt == 4:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 def wait_for(condition, within: float) -> bool:
