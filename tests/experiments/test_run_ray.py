@@ -23,6 +23,8 @@ pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "WEIGHTSYNC_TEST_RUN"
+# No token: ~/.ray/auth_token is shared by every Ray instance of this user on the machine.
+NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
 # Ray and each actor are processes that import torch: generous bounds for a loaded machine.
 SLOW = ("run.startup_timeout=300", "sync.timeout=120")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -52,12 +54,12 @@ def marked(marker: str) -> dict[int, str]:
 class MarkedRun:
     """``python run.py`` in its own session; everything it starts carries a fresh marker."""
 
-    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, tmp_path: Path, *args: str):
         self.marker = uuid.uuid4().hex
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.out_dir = tmp_path / "run"
         self.log = (tmp_path / "run.out").open("w+")
-        environ = {**os.environ, MARKER: self.marker, "PYTHONPATH": str(REPO), **(env or {})}
+        environ = {**os.environ, MARKER: self.marker, "PYTHONPATH": str(REPO), **NO_TOKEN}
         environ.pop("RAY_ADDRESS", None)
         self.proc = subprocess.Popen(
             [sys.executable, "run.py", f"hydra.run.dir={self.out_dir}", *SLOW, *args],
@@ -107,8 +109,8 @@ class MarkedRun:
 def start_run(tmp_path: Path):
     started: list[MarkedRun] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> MarkedRun:
-        run = MarkedRun(tmp_path / str(len(started)), *args, env=env)
+    def start(*args: str) -> MarkedRun:
+        run = MarkedRun(tmp_path / str(len(started)), *args)
         started.append(run)
         return run
 
@@ -151,9 +153,7 @@ def test_ctrl_c_stops_a_ray_run_and_leaves_no_ray_process(start_run) -> None:
 
 def test_a_run_joins_a_running_ray_instance_and_leaves_it_running(start_run, tmp_path) -> None:
     marker = uuid.uuid4().hex
-    # No token: ~/.ray/auth_token is shared by every Ray instance of this user on the machine.
-    no_token = {"RAY_AUTH_MODE": "disabled"}
-    env = {**os.environ, MARKER: marker, **no_token}
+    env = {**os.environ, MARKER: marker, **NO_TOKEN}
     env.pop("RAY_ADDRESS", None)
     address = f"127.0.0.1:{free_port()}"
     head = subprocess.run(
@@ -164,7 +164,7 @@ def test_a_run_joins_a_running_ray_instance_and_leaves_it_running(start_run, tmp
     )  # fmt: skip
     try:
         assert head.returncode == 0, head.stdout + head.stderr
-        run = start_run("sync=ray", f"sync.address={address}", "experiment=smoke", env=no_token)
+        run = start_run("sync=ray", f"sync.address={address}", "experiment=smoke")
         assert run.wait() == 0, run.output()
         assert run.summary()["weights_match"] is True
         run.assert_nothing_left()  # its actors are gone ...
@@ -184,7 +184,7 @@ def free_port() -> int:
 def test_a_sweep_through_the_ray_launcher_compares_ray_and_pipe(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
     marker = uuid.uuid4().hex
-    env = {**os.environ, MARKER: marker, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, MARKER: marker, "PYTHONPATH": str(REPO), **NO_TOKEN}
     env.pop("RAY_ADDRESS", None)
     try:
         done = subprocess.run(

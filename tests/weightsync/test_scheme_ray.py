@@ -5,6 +5,7 @@ and silent actors, the number of versions the object store holds, shutdown."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -32,11 +33,15 @@ make_model = functools.partial(torch.nn.Linear, 128, 128)  # 64 KiB: worth adopt
 
 @pytest.fixture(scope="module")
 def ray_instance() -> Iterator[None]:
+    # No token: ~/.ray/auth_token is shared by every Ray instance of this user on the machine,
+    # and one started meanwhile may replace it under ours.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 << 20)
     try:
         yield
     finally:
         ray.shutdown()
+        os.environ.pop("RAY_AUTH_MODE", None)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +78,8 @@ def test_every_actor_adopts_each_version_from_the_object_store(actors: list) -> 
             scheme.send_async()
             scheme.wait_async()
         assert ray.get([a.receive.remote() for a in actors]) == [4, 4]
-        assert scheme.get_sender().acked_versions == {0: 4, 1: 4}
+        # Adoptions reach the trainer's board a moment after receive() returns.
+        assert wait_for(lambda: scheme.get_sender().acked_versions == {0: 4, 1: 4}, within=10.0)
         for actor in actors:
             held = ray.get(actor.weights.remote())
             assert all(torch.equal(held[k], v) for k, v in policy.state_dict().items())
