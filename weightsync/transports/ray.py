@@ -198,7 +198,8 @@ class RaySender:
 
     @property
     def acked_versions(self) -> dict[int, int | None]:
-        """Per live worker, the version its model is known to use (asked of the board)."""
+        """Per live worker, the version its model is known to use, asked of the board (which
+        hears of an adoption a moment after the worker's ``receive()`` returns)."""
         if not self._closed:
             adopted = self._ray.get(self.board.adopted_versions.remote(), timeout=self.timeout)
             self._adopted = {w: adopted.get(w) for w in self.workers}
