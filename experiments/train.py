@@ -66,7 +66,7 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
     num_iterations = run.total_frames // (run.num_workers * cfg.env.num_envs * run.rollout_steps)
     log.info(
         "training with sync=%s strategy=%s: %d workers, %d iterations, outputs in %s",
-        scheme.backend, scheme.strategy.extract_as, run.num_workers, num_iterations, out_dir,
+        scheme.backend_name, scheme.strategy.extract_as, run.num_workers, num_iterations, out_dir,
     )  # fmt: skip
 
     metrics = MetricsLog(out_dir, build_loggers(cfg))
@@ -199,7 +199,7 @@ def _summary(
     return {
         "status": status,
         "error": error,
-        "sync": scheme.backend,
+        "sync": scheme.backend_name,
         "strategy": str(scheme.strategy.extract_as),
         "scheme": type(scheme).__name__,
         "model_parameters": sum(p.numel() for p in policy.parameters()),
