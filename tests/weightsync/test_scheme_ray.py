@@ -24,7 +24,7 @@ from weightsync import (
 ray = pytest.importorskip("ray")
 from tests.helpers.ray_actors import SyncedModel  # noqa: E402  (imports ray)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.xdist_group("ray_scheme")]
 
 TIMEOUT = 60.0  # generous: a loaded CI machine
 STARTUP = 300.0  # an actor is a process that imports torch: minutes on a machine loaded 10x
