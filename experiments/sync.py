@@ -24,9 +24,10 @@ from experiments.actor import MODEL_ID
 from experiments.common.stats import model_bytes
 from weightsync import PeerDiedError, SyncTimeoutError, WeightSyncScheme
 
-#: Backends whose one sync writes a single snapshot that every worker adopts in place; any
-#: other backend (except ``none``, which moves nothing) copies the weights to each worker.
-ONE_COPY_FOR_ALL = frozenset({"shared-mem"})
+#: Backends whose one sync makes a single copy that every worker adopts in place (shared-mem: one
+#: snapshot; ray: one object-store put, which Ray pulls once to each other node with workers);
+#: any other backend (except ``none``, which moves nothing) copies the weights to each worker.
+ONE_COPY_FOR_ALL = frozenset({"shared-mem", "ray"})
 
 
 def copies_per_sync(backend: str, num_workers: int, hosts: int | None = None) -> int:

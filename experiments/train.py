@@ -36,6 +36,7 @@ from experiments.factory import build_learner, build_loggers
 from experiments.metrics import MetricsLog, mean, rounded, write_summary
 from experiments.pool import WorkerPool
 from experiments.progress import Progress
+from experiments.ray_pool import RayPool
 from experiments.sync import SyncStep
 from experiments.workers import Workers
 from weightsync.launch import LaunchInfo
@@ -56,13 +57,15 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
     torch.manual_seed(cfg.seed)  # workers seed alike, so they start from the same weights
     policy = spec.make_policy().to(resolve_device(cfg.device.trainer))
     learner = build_learner(cfg, policy, seed=cfg.seed)
-    if launch is None:  # workers are processes spawned here
-        scheme = build_scheme(cfg)
-        workers: Workers = WorkerPool(spec, run.num_workers, scheme,
-                                      startup_timeout=run.startup_timeout)  # fmt: skip
-    else:  # workers are the other ranks of the launch, on any machine
+    if launch is not None:  # workers are the other ranks of the launch, on any machine
         scheme = build_launched_scheme(cfg, launch)
-        workers = RankPool(launch, startup_timeout=run.startup_timeout, bind=cfg.sync.get("bind"))
+        workers: Workers = RankPool(launch, startup_timeout=run.startup_timeout,
+                                    bind=cfg.sync.get("bind"))  # fmt: skip
+    elif (scheme := build_scheme(cfg)).backend_name == "ray":  # Ray actors, on any node
+        workers = RayPool(spec, run.num_workers, scheme, startup_timeout=run.startup_timeout,
+                          address=cfg.sync.get("address"))  # fmt: skip
+    else:  # workers are processes spawned here
+        workers = WorkerPool(spec, run.num_workers, scheme, startup_timeout=run.startup_timeout)
     crew = Crew(workers, scheme, policy, rollout_timeout=run.rollout_timeout,
                 on_worker_failure=plain(run.on_worker_failure))  # fmt: skip
     num_iterations = run.total_frames // (run.num_workers * cfg.env.num_envs * run.rollout_steps)

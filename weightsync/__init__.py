@@ -27,6 +27,7 @@ from weightsync.schemes import (
     DistributedWeightSyncScheme,
     MultiProcessWeightSyncScheme,
     NoWeightSyncScheme,
+    RayWeightSyncScheme,
     SharedMemWeightSyncScheme,
     WeightSyncScheme,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "NoWeightSyncScheme",
     "NonFiniteWeightsError",
     "PeerDiedError",
+    "RayWeightSyncScheme",
     "SchemeMismatchError",
     "SharedMemTransport",
     "SharedMemWeightSyncScheme",

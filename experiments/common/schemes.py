@@ -98,6 +98,24 @@ class DistributedSyncConfig(SyncConfig):
     topology: str = from_constructor(DistributedWeightSyncScheme, "topology")
 
 
+@sync_schema("ray")
+@dataclass
+class RaySyncConfig(SyncConfig):
+    """``sync=ray``: workers as Ray actors; each version put once in Ray's object store.
+
+    ``address``: the Ray cluster the run joins (null: a new local instance, stopped at the end;
+    ``auto``: the one running on this node, left running). Read by the framework, not a scheme
+    argument.
+    """
+
+    _target_: str = "weightsync.RayWeightSyncScheme"
+    address: str | None = None
+
+
+#: Keys of a ``sync`` option the framework reads to place the workers: not scheme arguments.
+FRAMEWORK_KEYS = ("address",)
+
+
 class ExtractAs(str, Enum):
     """The weight format at weightsync's API boundary."""
 
@@ -116,7 +134,8 @@ class StrategyConfig:
 def build_scheme(cfg: DictConfig) -> WeightSyncScheme:
     """The weight-sync scheme of ``cfg.sync`` using the weight format of ``cfg.strategy``."""
     strategy: WeightStrategy = instantiate(plain(cfg.strategy))
-    scheme = instantiate(plain(cfg.sync), strategy=strategy.extract_as)
+    node = {k: v for k, v in plain(cfg.sync).items() if k not in FRAMEWORK_KEYS}
+    scheme = instantiate(node, strategy=strategy.extract_as)
     if not isinstance(scheme, WeightSyncScheme):
         raise TypeError(
             f"sync._target_={cfg.sync._target_!r} built a {type(scheme).__name__}, not a "
