@@ -45,10 +45,14 @@ COLUMNS = (
     "sync_latency_p50_ms",
     "sync_latency_p95_ms",
     "staleness_mean",
+    "staleness_max",
+    "rollouts_dropped",
+    "importance_ratio_mean",
+    "importance_ratio_std",
     "bytes_moved",
     "weights_match",
 )
-NUMERIC = COLUMNS[4:10]  # averaged over seeds
+NUMERIC = COLUMNS[4:-1]  # averaged over seeds
 SEED_KEY = "seed"
 
 
@@ -216,11 +220,12 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def plot(path: Path, jobs: list[Job]) -> None:
     """Top: episode return versus frames (one line per job, or per configuration with a band
-    over its seeds). Bottom: what each job's syncs cost: latency p50/p95, staleness, bytes."""
-    figure = Figure(figsize=(12, 9), layout="constrained")
-    grid = figure.add_gridspec(2, 3, height_ratios=(3, 2))
+    over its seeds). Bottom: what each job's syncs cost: latency p50/p95, staleness (mean, and
+    max as a marker), bytes, and the importance ratios pi/mu of its batches (mean +- std)."""
+    figure = Figure(figsize=(14, 9), layout="constrained")
+    grid = figure.add_gridspec(2, 4, height_ratios=(3, 2))
     _plot_returns(figure.add_subplot(grid[0, :]), jobs)
-    _plot_costs([figure.add_subplot(grid[1, i]) for i in range(3)], jobs)
+    _plot_costs([figure.add_subplot(grid[1, i]) for i in range(4)], jobs)
     figure.savefig(path, dpi=100)
 
 
@@ -270,7 +275,7 @@ def _plot_costs(axes: list[Any], jobs: list[Job]) -> None:
         return [(job.summary.get(key) or 0.0) * scale for job in jobs]
 
     width = 0.4
-    latency, staleness, moved = axes
+    latency, staleness, moved, ratio = axes
     latency.bar(
         [p - width / 2 for p in positions], values("sync_latency_p50_ms"), width, label="p50"
     )
@@ -280,7 +285,11 @@ def _plot_costs(axes: list[Any], jobs: list[Job]) -> None:
     latency.set_title("trainer blocked per sync (ms)")
     latency.legend(fontsize="small")
     staleness.bar(positions, values("staleness_mean"))
+    staleness.plot(positions, values("staleness_max"), "k_", markersize=12, label="max")
     staleness.set_title("staleness (updates behind, mean)")
+    staleness.legend(fontsize="small")
+    ratio.bar(positions, values("importance_ratio_mean"), yerr=values("importance_ratio_std"))
+    ratio.set_title("importance ratio pi/mu (mean ± std)")
     moved.bar(positions, values("bytes_moved", 1e-6))
     moved.set_title("weights moved (MB)")
     for ax in axes:
