@@ -7,75 +7,44 @@ sweep directory, prints the table and writes ``comparison.csv``, ``comparison.md
 ends the sweep with exit code 1. :func:`compare` does the same for any sweep directory, e.g. one
 copied from another machine.
 
-Jobs are named by their command-line overrides (``.hydra/overrides.yaml``); the plot's legend
-leaves out the overrides every job shares. Jobs that differ only by ``seed=`` are one
-configuration: ``comparison_seeds.{csv,md}`` gives the mean and standard deviation over seeds
-per configuration, and the plot draws one mean curve per configuration with a band of one
-standard deviation.
+The tables name each job by its number and full overrides; the figure by a short label
+(``experiments/report/labels.py``). Jobs that differ only by ``seed=`` are one configuration:
+``comparison_seeds.{csv,md}`` gives the mean and standard deviation over seeds per
+configuration, and every panel of the figure shows configurations (mean ± std) instead of jobs.
+An Optuna search also gets its best trial named and its own figures
+(``experiments/report/search.py``).
+Columns are the summary fields the jobs wrote, so a new field shows up without a change here.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.experimental.callback import Callback
-from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from experiments.metrics import METRICS_FILE, SUMMARY_FILE
+from experiments.report.figure import PANELS, save_comparison
+from experiments.report.jobs import (
+    Job,
+    Row,
+    configuration_name,
+    configuration_rows,
+    has_seed_groups,
+    load_jobs,
+    numeric_fields,
+    rows_of,
+)
+from experiments.report.search import describe_best, search_of, write_search_figures
 
 log = logging.getLogger(__name__)
 
 EXIT_FAILED = 1
-COLUMNS = (
-    "job",
-    "sync",
-    "strategy",
-    "status",
-    "final_return",
-    "frames_per_s",
-    "sync_latency_p50_ms",
-    "sync_latency_p95_ms",
-    "staleness_mean",
-    "staleness_max",
-    "rollouts_dropped",
-    "importance_ratio_mean",
-    "importance_ratio_std",
-    "bytes_moved",
-    "weights_match",
-)
-NUMERIC = COLUMNS[4:-1]  # averaged over seeds
-SEED_KEY = "seed"
-
-
-@dataclass
-class Job:
-    """One job of the sweep: its name (overrides), summary and return curve."""
-
-    name: str
-    overrides: list[str]
-    summary: dict[str, Any]
-    curve: list[tuple[int, float]]  # (frames, episode return) for iterations where one ended
-
-    def row(self) -> dict[str, Any]:
-        return {"job": self.name} | {c: self.summary.get(c) for c in COLUMNS[1:]}
-
-    @property
-    def failed(self) -> bool:
-        return self.summary.get("status") != "completed"
-
-    @property
-    def configuration(self) -> tuple[str, ...]:
-        """The overrides without the seed: jobs with equal configurations differ by seed only."""
-        return tuple(o for o in self.overrides if o.split("=", 1)[0].lstrip("+~") != SEED_KEY)
+LEADING = ("sync", "strategy", "status")  # the table's first columns after the job's name
+CHECKS = ("weights_match",)  # its last ones
 
 
 class SweepComparison(Callback):
@@ -97,100 +66,87 @@ class SweepComparison(Callback):
 
 def compare(sweep_dir: Path) -> list[Job]:
     """Write ``comparison.{csv,md,png}`` (and ``comparison_seeds.{csv,md}`` when jobs differ by
-    seed only) for the jobs in ``sweep_dir``, print the tables; return the jobs."""
+    seed only; an Optuna search's ``search_*.png``) for the jobs in ``sweep_dir``, print the
+    tables and the best trial; return the jobs."""
     jobs = load_jobs(sweep_dir)
     if not jobs:
-        log.warning("no job in %s wrote a %s: nothing to compare", sweep_dir, SUMMARY_FILE)
+        log.warning("no job in %s wrote a summary: nothing to compare", sweep_dir)
         return jobs
-    rows = [job.row() for job in jobs]
-    table = markdown_table(rows)
+    fields = numeric_fields(jobs)
+    shown = shown_fields(fields)
+    table = markdown_table([job_row(job, shown) for job in jobs])
     (sweep_dir / "comparison.md").write_text(table)
-    write_csv(sweep_dir / "comparison.csv", rows)
+    write_csv(sweep_dir / "comparison.csv", [job_row(job, scalar_fields(jobs)) for job in jobs])
     print(f"\nComparison of {len(jobs)} jobs ({sweep_dir}/comparison.{{csv,md,png}}):\n")
     print(table)
-    groups = seed_groups(jobs)
-    if any(len(members) > 1 for members in groups.values()):
-        seed_rows = [seed_row(config, members) for config, members in groups.items()]
-        seed_table = markdown_table([_display(row) for row in seed_rows])
+    if has_seed_groups(jobs):
+        groups = configuration_rows(jobs)
+        seed_table = markdown_table([seed_display(row, shown) for row in groups])
         (sweep_dir / "comparison_seeds.md").write_text(seed_table)
-        write_csv(sweep_dir / "comparison_seeds.csv", seed_rows)
+        write_csv(sweep_dir / "comparison_seeds.csv", [seed_row(row, fields) for row in groups])
         print(f"Mean ± standard deviation over seeds ({sweep_dir}/comparison_seeds.{{csv,md}}):\n")
         print(seed_table)
-    plot(sweep_dir / "comparison.png", jobs)
+    rows = rows_of(jobs)
+    search = search_of(sweep_dir)
+    if search is not None:
+        best = search.best_job(jobs)
+        for row in rows:
+            if best in row.jobs:
+                row.label += " (best)"
+        print(describe_best(search, jobs))
+        for line in write_search_figures(sweep_dir, search, jobs):
+            print(line)
+    save_comparison(sweep_dir / "comparison.png", rows, fields, figure_title(jobs, rows))
     return jobs
 
 
-def load_jobs(sweep_dir: Path) -> list[Job]:
-    """Every job directory under ``sweep_dir`` (one with ``.hydra/`` or a summary), in job-number
-    order; a job that wrote no summary is listed with status ``no_summary``."""
-    job_dirs = {p.parent for p in sweep_dir.glob(f"*/{SUMMARY_FILE}")}
-    job_dirs |= {p.parent for p in sweep_dir.glob("*/.hydra")}
-    jobs = []
-    for job_dir in sorted(job_dirs, key=_job_number):
-        path = job_dir / SUMMARY_FILE
-        summary = json.loads(path.read_text()) if path.exists() else {"status": "no_summary"}
-        overrides = _overrides(job_dir)
-        name = " ".join(overrides) or f"{summary.get('sync')}/{summary.get('strategy')}"
-        jobs.append(Job(name, overrides, summary, _return_curve(job_dir)))
-    return jobs
+def shown_fields(fields: list[str]) -> list[str]:
+    """The numeric fields the printed tables show: those the figure's panels show, in order."""
+    return [field for panel in PANELS for field in panel.fields(fields)]
 
 
-def _job_number(job_dir: Path) -> tuple[int, str]:
-    head = job_dir.name.split("_", 1)[0]
-    return (int(head) if head.isdigit() else 1 << 30, job_dir.name)
-
-
-def _overrides(job_dir: Path) -> list[str]:
-    path = job_dir / ".hydra" / "overrides.yaml"
-    return list(yaml.safe_load(path.read_text()) or []) if path.exists() else []
-
-
-def _return_curve(job_dir: Path) -> list[tuple[int, float]]:
-    path = job_dir / METRICS_FILE
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(r["frames"], r["episode_return"]) for r in records if r["episode_return"] is not None]
-
-
-def labels(jobs: list[Job]) -> dict[str, str]:
-    """Each job's name without the overrides that every job shares (the legend's labels)."""
-    shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
-    return {job.name: " ".join(o for o in job.overrides if o not in shared) or job.name
-            for job in jobs}  # fmt: skip
-
-
-def seed_groups(jobs: list[Job]) -> dict[str, list[Job]]:
-    """Jobs by configuration (overrides without ``seed=``), in order of first appearance."""
-    groups: dict[str, list[Job]] = {}
+def scalar_fields(jobs: list[Job]) -> list[str]:
+    """Every summary field holding a scalar in some job (the CSV's columns), in summary order."""
+    found: dict[str, None] = {}
     for job in jobs:
-        groups.setdefault(" ".join(job.configuration) or "(defaults)", []).append(job)
-    return groups
+        found |= {key: None for key, value in job.summary.items() if not isinstance(value, dict)}
+    return [key for key in found if key not in LEADING]
 
 
-def seed_row(config: str, members: list[Job]) -> dict[str, Any]:
-    """One configuration: its seeds' count, how many completed, mean and spread per figure."""
-    row: dict[str, Any] = {
-        "configuration": config,
-        "seeds": len(members),
-        "completed": sum(not job.failed for job in members),
+def job_row(job: Job, fields: list[str]) -> dict[str, Any]:
+    """A job's line: number, full overrides, the leading columns, then ``fields``."""
+    row = {"job": job.number, "overrides": job.name}
+    columns = [*LEADING, *fields, *(c for c in CHECKS if c not in fields)]
+    return row | {column: job.summary.get(column) for column in columns}
+
+
+def seed_row(row: Row, fields: list[str]) -> dict[str, Any]:
+    """One configuration: its seeds' count, how many completed, mean and spread per field."""
+    line: dict[str, Any] = {
+        "configuration": configuration_name(row),
+        "seeds": len(row.jobs),
+        "completed": len(row.jobs) - len(row.failures),
     }
-    for column in NUMERIC:
-        values = [job.summary[column] for job in members if job.summary.get(column) is not None]
-        row[f"{column}_mean"] = statistics.fmean(values) if values else None
-        row[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else None
-    return row
+    for field in fields:
+        line[f"{field}_mean"], line[f"{field}_std"] = row.mean_std(field)
+    return line
 
 
-def _display(row: dict[str, Any]) -> dict[str, Any]:
-    """A seed row for Markdown: ``mean ± std`` in one cell per figure."""
-    shown = {key: row[key] for key in ("configuration", "seeds", "completed")}
-    for column in NUMERIC:
-        mean, std = row[f"{column}_mean"], row[f"{column}_std"]
-        shown[column] = (
+def seed_display(row: Row, fields: list[str]) -> dict[str, Any]:
+    """A configuration's Markdown line: ``mean ± std`` in one cell per field."""
+    line = {key: value for key, value in seed_row(row, []).items()}
+    for field in fields:
+        mean, std = row.mean_std(field)
+        line[field] = (
             None if mean is None else _cell(mean) + ("" if std is None else f" ± {_cell(std)}")
         )
-    return shown
+    return line
+
+
+def figure_title(jobs: list[Job], rows: list[Row]) -> str:
+    if len(rows) < len(jobs):
+        return f"Sweep of {len(jobs)} jobs: {len(rows)} configurations, each over its seeds"
+    return f"Sweep of {len(jobs)} jobs"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -216,82 +172,3 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def plot(path: Path, jobs: list[Job]) -> None:
-    """Top: episode return versus frames (one line per job, or per configuration with a band
-    over its seeds). Bottom: what each job's syncs cost: latency p50/p95, staleness (mean, and
-    max as a marker), bytes, and the importance ratios pi/mu of its batches (mean +- std)."""
-    figure = Figure(figsize=(14, 9), layout="constrained")
-    grid = figure.add_gridspec(2, 4, height_ratios=(3, 2))
-    _plot_returns(figure.add_subplot(grid[0, :]), jobs)
-    _plot_costs([figure.add_subplot(grid[1, i]) for i in range(4)], jobs)
-    figure.savefig(path, dpi=100)
-
-
-def _plot_returns(axes: Any, jobs: list[Job]) -> None:
-    groups = seed_groups(jobs)
-    by_seed = any(len(members) > 1 for members in groups.values())
-    names = labels([Job(config, list(members[0].configuration), {}, []) for config, members
-                    in groups.items()]) if by_seed else labels(jobs)  # fmt: skip
-    for config, members in groups.items() if by_seed else [(job.name, [job]) for job in jobs]:
-        frames, means, stds = _mean_curve([job.curve for job in members])
-        if not frames:
-            continue
-        (line,) = axes.plot(frames, means, label=names[config], linewidth=1.2)
-        if len(members) > 1:
-            low = [m - s for m, s in zip(means, stds, strict=True)]
-            high = [m + s for m, s in zip(means, stds, strict=True)]
-            axes.fill_between(frames, low, high, color=line.get_color(), alpha=0.2)
-    axes.set_xlabel("frames collected by the workers")
-    axes.set_ylabel("worker episode return")
-    title = "mean over seeds ± one standard deviation" if by_seed else "per job"
-    axes.set_title(f"Return versus frames, {title}")
-    axes.grid(alpha=0.3)
-    if axes.lines:
-        axes.legend(fontsize="small")
-
-
-def _mean_curve(
-    curves: list[list[tuple[int, float]]],
-) -> tuple[list[int], list[float], list[float]]:
-    """Per frame count, the mean and standard deviation of the curves that have a value there."""
-    at: dict[int, list[float]] = {}
-    for curve in curves:
-        for frames, value in curve:
-            at.setdefault(frames, []).append(value)
-    frames = sorted(at)
-    means = [statistics.fmean(at[f]) for f in frames]
-    stds = [statistics.pstdev(at[f]) for f in frames]
-    return frames, means, stds
-
-
-def _plot_costs(axes: list[Any], jobs: list[Job]) -> None:
-    names = labels(jobs)
-    ticks = [names[job.name] for job in jobs]
-    positions = range(len(jobs))
-
-    def values(key: str, scale: float = 1.0) -> list[float]:
-        return [(job.summary.get(key) or 0.0) * scale for job in jobs]
-
-    width = 0.4
-    latency, staleness, moved, ratio = axes
-    latency.bar(
-        [p - width / 2 for p in positions], values("sync_latency_p50_ms"), width, label="p50"
-    )
-    latency.bar(
-        [p + width / 2 for p in positions], values("sync_latency_p95_ms"), width, label="p95"
-    )
-    latency.set_title("trainer blocked per sync (ms)")
-    latency.legend(fontsize="small")
-    staleness.bar(positions, values("staleness_mean"))
-    staleness.plot(positions, values("staleness_max"), "k_", markersize=12, label="max")
-    staleness.set_title("staleness (updates behind, mean)")
-    staleness.legend(fontsize="small")
-    ratio.bar(positions, values("importance_ratio_mean"), yerr=values("importance_ratio_std"))
-    ratio.set_title("importance ratio pi/mu (mean ± std)")
-    moved.bar(positions, values("bytes_moved", 1e-6))
-    moved.set_title("weights moved (MB)")
-    for ax in axes:
-        ax.set_xticks(list(positions), ticks, rotation=30, ha="right", fontsize="small")
-        ax.grid(axis="y", alpha=0.3)

@@ -92,7 +92,7 @@ class SyncStep:
             self._failed(err)
             self._send_async(num_updates)  # the survivors still need the new weights
         self.bytes_moved += self.model_bytes * copies_per_sync(
-            self.scheme.backend, len(self.receivers)
+            self.scheme.backend_name, len(self.receivers)
         )
         self._blocked_s = time.perf_counter() - began
 

@@ -74,7 +74,7 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
                             plain(run.on_stale)), num_iterations)  # fmt: skip
     log.info(
         "training with sync=%s strategy=%s, mode=%s: %d workers, %d iterations, outputs in %s",
-        scheme.backend, scheme.strategy.extract_as, plain(run.mode), run.num_workers,
+        scheme.backend_name, scheme.strategy.extract_as, plain(run.mode), run.num_workers,
         num_iterations, out_dir,
     )  # fmt: skip
 
@@ -200,7 +200,7 @@ def _summary(
     return {
         "status": tally.status,
         "error": tally.error,
-        "sync": sync.scheme.backend,
+        "sync": sync.scheme.backend_name,
         "strategy": str(sync.scheme.strategy.extract_as),
         "scheme": type(sync.scheme).__name__,
         "model_parameters": sum(p.numel() for p in policy.parameters()),

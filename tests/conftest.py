@@ -1,14 +1,44 @@
 """Fixtures shared by the whole suite: spawned processes that are always torn down, and a check
-that no test leaves a shared-memory segment behind (see tests/helpers/shm.py)."""
+that no test leaves a shared-memory segment behind (see tests/helpers/shm.py). No test reaches
+the network: the metric backends are kept offline for the whole run (``OFFLINE``)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from tests.helpers.processes import Processes
 from tests.helpers.shm import no_leaked_shared_memory as _no_leaked_shared_memory
+
+# Set before any test runs, so that run.py subprocesses and spawned workers inherit them: W&B
+# writes offline runs and reports no errors home (Sentry), MLflow sends no usage telemetry.
+OFFLINE = {
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "WANDB_ERROR_REPORTING": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+}
+os.environ.update(OFFLINE)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject's addopts): twice the cores, at least 2 and at most 8. Most tests
+    wait on spawned processes rather than compute, so a 2-core machine runs 4 at once;
+    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides it."""
+    if (chosen := os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")) is not None:
+        return int(chosen)
+    return max(2, min(2 * len(os.sched_getaffinity(0)), 8))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """An xdist worker becomes a session of its own, so that the /dev/shm leak check (which
+    tells this test's processes from other programs by their session, tests/helpers/shm.py)
+    does not blame a test for what a test on another worker holds at the same moment."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.getsid(0) != os.getpid():
+        os.setsid()
 
 
 @pytest.fixture

@@ -5,6 +5,9 @@ The public API follows TorchRL's ``torchrl.weight_update``: schemes (``none``, `
 out a :class:`WeightSender` (trainer) and :class:`WeightReceiver` (each worker).
 """
 
+# The compatibility layers stand beside the core: importing them adds TorchRL's calls to the
+# core's classes (TorchRL's collector protocol, its legacy calls); the core never imports them.
+from weightsync import legacy  # noqa: F401
 from weightsync.endpoints import WeightReceiver, WeightSender
 from weightsync.errors import (
     ModelPathError,

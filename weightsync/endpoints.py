@@ -21,19 +21,17 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from weightsync.binding import BoundModule
+from weightsync.binding import BoundModule, ReceivingModule
 from weightsync.errors import SyncTimeoutError, WeightMismatchError
-from weightsync.flat import FlatBuffer, can_alias, copy_bytes
-from weightsync.legacy import LegacySenderAPI
+from weightsync.flat import FlatBuffer
 from weightsync.sources import prepare_weights
-from weightsync.strategy import WeightStrategy
+from weightsync.strategy import DEFAULT_FORMAT, WeightStrategy
 from weightsync.timeouts import check_timeout
 from weightsync.transports.base import ReceiverTransport, SenderTransport, Update
 from weightsync.weights import (
     FlatWeights,
     check_finite,
     check_materialized,
-    copy_weights,
     flatten_weights,
     meta_keys,
     set_extra_states,
@@ -44,13 +42,14 @@ log = logging.getLogger(__name__)
 
 
 class EndpointSource(Protocol):
-    """What builds an endpoint the legacy way, ``WeightSender(scheme)``: a scheme says what the
-    endpoint of ``role`` (``"sender"`` or ``"receiver"``) is made of, as constructor keywords."""
+    """What an endpoint can be built from instead of its arguments, ``WeightSender(scheme)`` (the
+    reference API's form): a scheme says what the endpoint of ``role`` (``"sender"`` or
+    ``"receiver"``) is made of, as constructor keywords."""
 
     def endpoint_options(self, role: str) -> dict[str, Any]: ...
 
 
-class WeightSender(LegacySenderAPI):
+class WeightSender:
     """Trainer side: sends one model's weights to the workers of a transport.
 
     ``send`` blocks until the chosen workers have the new weights (pipe: applied and
@@ -67,7 +66,7 @@ class WeightSender(LegacySenderAPI):
         transport: the trainer side of the transport.
         model: the model sent when ``send()`` is given no weights.
         context: an object the model id and string weights resolve on.
-        strategy: the weight format at the API boundary (default ``state_dict``).
+        strategy: the weight format at the API boundary (default ``DEFAULT_FORMAT``).
         reject_non_finite: refuse weights holding NaN or inf.
         bind_source: keep the model's tensors in the transport's source buffer (same
             ``nn.Parameter`` objects, new storage) so a send copies one block, or nothing.
@@ -76,8 +75,7 @@ class WeightSender(LegacySenderAPI):
             for transports that return once it is published (shared-mem), what TorchRL's
             ``sync=True`` and its collectors' ``update_policy_weights_`` promise.
 
-    A scheme builds its sender; ``WeightSender(scheme)`` (TorchRL's legacy form) asks the scheme
-    for these arguments.
+    A scheme builds its sender; ``WeightSender(scheme)`` asks the scheme for these arguments.
     """
 
     def __init__(
@@ -92,7 +90,7 @@ class WeightSender(LegacySenderAPI):
         bind_source: bool = True,
         adoption_timeout: float | None = None,
     ):
-        if hasattr(model_id, "endpoint_options"):  # the legacy form: WeightSender(scheme)
+        if hasattr(model_id, "endpoint_options"):  # WeightSender(scheme)
             self.__init__(**model_id.endpoint_options("sender"))
             return
         if transport is None:
@@ -101,7 +99,7 @@ class WeightSender(LegacySenderAPI):
         self.transport = transport
         self.model = model
         self.context = context
-        self.strategy = strategy or WeightStrategy("state_dict")
+        self.strategy = strategy or WeightStrategy(DEFAULT_FORMAT)
         self.reject_non_finite = reject_non_finite
         self.bind_source = bind_source
         self.adoption_timeout = adoption_timeout
@@ -278,11 +276,12 @@ class WeightReceiver:
             to share it with other code that must see one version at a time (TorchRL's
             collectors: their rollouts hold it). Default: a lock of the receiver's own.
         on_applied: called (under that lock) after each update is applied and acknowledged.
-        legacy_link: the message-level transport of TorchRL's legacy ``create_transport``: weights
-            taken from its ``receive_weights`` are acknowledged on it by :meth:`apply_weights`.
 
-    A scheme builds its receiver; ``WeightReceiver(scheme)`` (TorchRL's legacy form) asks the
-    scheme for these arguments.
+    :attr:`after_apply_weights` holds what is called after each :meth:`apply_weights` (a
+    compatibility layer acknowledges there weights the worker took by other means).
+
+    A scheme builds its receiver; ``WeightReceiver(scheme)`` asks the scheme for these
+    arguments.
 
     Threads: :meth:`receive` changes the model's tensors (their values, or where they live). A
     worker that uses the model from other threads while one thread receives wraps each use in
@@ -302,9 +301,8 @@ class WeightReceiver:
         materialize_meta: bool = False,
         apply_lock: threading.RLock | None = None,
         on_applied: Callable[[], None] | None = None,
-        legacy_link: Any = None,
     ):
-        if hasattr(model_id, "endpoint_options"):  # the legacy form: WeightReceiver(scheme)
+        if hasattr(model_id, "endpoint_options"):  # WeightReceiver(scheme)
             self.__init__(**model_id.endpoint_options("receiver"))
             return
         if transport is None:
@@ -312,26 +310,23 @@ class WeightReceiver:
         self.model_id = model_id
         self.transport = transport
         self.model = model
-        self.strategy = strategy or WeightStrategy("state_dict")
+        self.strategy = strategy or WeightStrategy(DEFAULT_FORMAT)
         self.materialize_meta = materialize_meta
         self.on_applied = on_applied
-        self.legacy_link = legacy_link
+        self.after_apply_weights: list[Callable[[], None]] = []
         self.version = 0
         self._applied_any = False
         self.refused: list[str] | None = None  # the problems of the last update refused, if any
         self._validated: tuple | None = None  # (layout, extra keys, structure) checked
         self._misfit: tuple | None = None  # the same, for the last update refused
-        self._bound: BoundModule | None = None  # the model, and the buffer it lives in
-        self._own: FlatBuffer | None = None  # this worker's private flat copy (copying transports)
+        self._bound: ReceivingModule | None = None  # the model, and where its tensors live
         self._in_use = apply_lock or threading.RLock()  # held by readers and while applying
         self._deferred: Update | None = None  # arrived while the model was in use
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(
-            transport=None, model=None, _validated=None, _misfit=None, _bound=None, _own=None
-        )
-        state.update(on_applied=None, legacy_link=None)
+        state.update(transport=None, model=None, _validated=None, _misfit=None, _bound=None)
+        state.update(on_applied=None, after_apply_weights=[])
         del state["_in_use"], state["_deferred"]
         return state
 
@@ -405,17 +400,14 @@ class WeightReceiver:
 
     def apply_weights(self, weights: Any) -> None:
         """Apply ``weights`` (any format) to the model, validated first. A model living in a
-        shared snapshot (read-only in a worker) is first moved into this worker's own memory. In
-        a worker written to the legacy API (weights taken from ``receive_weights`` of the
-        scheme's ``create_transport``), also acknowledge them, so the trainer's ``send_weights``
-        returns."""
+        shared snapshot (read-only in a worker) is first moved into this worker's own memory.
+        Then each of :attr:`after_apply_weights` is called."""
         with self._in_use:  # as an update: never while a reader is inside reading()
             if self._bound is not None and self._bound.module is self.model:
-                self._bound.weights(live=True)
-                self._into_own(self._bound, self._bound.buffer)
+                self._bound.leave_shared()
             self.strategy.apply_weights(self.model, weights, model_id=self.model_id)
-        if self.legacy_link is not None:
-            self.legacy_link.acknowledge_pending()
+        for call in self.after_apply_weights:
+            call()
 
     def _apply_update(self, update: Update) -> None:
         model = self.model
@@ -423,7 +415,7 @@ class WeightReceiver:
             self.strategy.apply_weights(model, update.buffer.read(), model_id=self.model_id)
             return
         if self._bound is None or self._bound.module is not model:
-            self._bound = BoundModule(model)
+            self._bound = ReceivingModule(model)
         bound = self._bound
         live = bound.weights(live=True)
         # Checked again whenever the incoming layout or the model's structure changes.
@@ -433,7 +425,7 @@ class WeightReceiver:
                 raise WeightMismatchError(self.model_id, self.refused)
             if self.materialize_meta and meta_keys(live):  # TorchRL's workers get meta policies
                 model.to_empty(device="cpu")
-                bound = self._bound = BoundModule(model)
+                bound = self._bound = ReceivingModule(model)
                 live = bound.weights(live=True)
             incoming = update.buffer.layout.as_meta_weights(update.buffer.extra_keys)
             problems = weight_mismatches(live, incoming)
@@ -447,33 +439,5 @@ class WeightReceiver:
                 self._misfit = shape
                 raise WeightMismatchError(self.model_id, problems)
             self._validated = shape
-        if (
-            update.zero_copy
-            and update.buffer.layout.worth_aliasing
-            and can_alias(live.tensors, update.buffer)
-        ):
-            bound.bind(update.buffer, copy=False)  # adopt the snapshot: no byte copied
-        elif not self._copy_in_one_block(bound, update.buffer):
-            copy_weights(live, update.buffer.read())
+        bound.take(update.buffer, zero_copy=update.zero_copy)
         set_extra_states(model, update.buffer.read_extra())
-
-    def _copy_in_one_block(self, bound: BoundModule, incoming: FlatBuffer) -> bool:
-        """Copy ``incoming`` into the worker's private flat buffer: one memcpy for the model.
-
-        The model is (re-)bound to that private buffer first when it lives elsewhere (e.g. in a
-        snapshot it adopted): updates are never written into a buffer the worker does not own.
-        """
-        if not self._into_own(bound, incoming):
-            return False
-        copy_bytes(self._own.tensor_region, incoming.tensor_region)
-        return True
-
-    def _into_own(self, bound: BoundModule, like: FlatBuffer | None) -> bool:
-        """Bind the model to this worker's private buffer laid out like ``like`` (its values
-        copied in), unless it lives there already; False when it cannot be bound."""
-        if like is None:
-            return False
-        own = self._own
-        if own is None or own.layout != like.layout:
-            own = self._own = FlatBuffer(like.layout, extra_keys=like.extra_keys, shared=False)
-        return (bound.buffer is own and bound.is_bound()) or bound.bind(own)

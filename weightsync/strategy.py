@@ -28,6 +28,11 @@ from weightsync.weights import (
 
 WeightFormat = Literal["tensordict", "state_dict"]
 WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
+#: The format every scheme and endpoint uses unless told otherwise (the reference API's
+#: ``WeightSyncScheme(strategy="state_dict")``). Two defaults differ on purpose, as in the
+#: reference API: a bare ``WeightStrategy()`` and ``SharedMemWeightSyncScheme`` use
+#: ``"tensordict"``, TorchRL's own choice for them.
+DEFAULT_FORMAT: WeightFormat = "state_dict"
 Weights = TensorDictBase | dict
 
 

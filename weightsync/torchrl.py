@@ -21,8 +21,13 @@ holding a lock that the worker collector's ``rollout`` holds too, so no batch mi
 ``send`` returns once every worker has taken up the new version (what ``sync=None`` means under
 a collector), and a dead or silent worker is a named error within ``timeout``.
 
-The scheme mixes :class:`TorchRLSchemeMixin` in and calls its ``_torchrl_*`` hooks; the endpoints
-get what they need from it as constructor arguments (see :meth:`_torchrl_endpoint_options`).
+All of it stands beside the core, through the core's public seams: the keywords TorchRL passes
+(``ctx=``, ``params_map=``, ``worker_idx=``) are taken by adapters registered with
+:meth:`WeightSyncScheme.accept_keywords`; ``ctx=`` sets a :class:`CollectorSession` as the
+scheme's ``session`` (pickled to the workers with it), which the scheme tells of each lifecycle
+step; TorchRL's properties (``initialized_on_sender``, ``synchronized_on_receiver``,
+``worker_idx``, ...) are added to the scheme class by :func:`~weightsync.extend.add_calls`. A
+scheme no collector drives has no session and runs none of this.
 This module imports nothing from torchrl at import time: :func:`register_with_torchrl` does, when
 asked, and a collector's ``init_on_sender`` does only when torchrl is already loaded (it is: the
 collector called us). TorchRL's older calls live in :mod:`weightsync.legacy`.
@@ -35,6 +40,7 @@ import functools
 import logging
 import sys
 import threading
+import weakref
 from typing import Any
 
 import torch
@@ -43,7 +49,9 @@ from torch import nn
 
 from weightsync import lifetime
 from weightsync.errors import PeerDiedError
-from weightsync.sources import resolve_model
+from weightsync.extend import add_calls
+from weightsync.schemes import WeightSyncScheme
+from weightsync.schemes.base import Role
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +68,6 @@ BACKEND_ALIASES = {
 RECEIVE_WAIT_S = 0.05
 
 
-def canonical_backend(name: str) -> str:
-    """weightsync's name for a backend name or TorchRL alias (``"shared"`` → ``"shared-mem"``)."""
-    return BACKEND_ALIASES.get(name, name)
-
-
 def register_with_torchrl() -> None:
     """Make every weightsync scheme an ``isinstance`` of ``torchrl.weight_update.WeightSyncScheme``
     (a virtual subclass: TorchRL's base class is an ``abc.ABCMeta``). Collectors check it before
@@ -76,8 +79,8 @@ def register_with_torchrl() -> None:
         raise ImportError(
             "register_with_torchrl() needs torchrl: pip install 'weightsync[torchrl]'"
         ) from err
-    if not issubclass(TorchRLSchemeMixin, TorchRLScheme):
-        TorchRLScheme.register(TorchRLSchemeMixin)  # and so every weightsync scheme
+    if not issubclass(WeightSyncScheme, TorchRLScheme):
+        TorchRLScheme.register(WeightSyncScheme)  # and so every weightsync scheme
 
 
 class _Receiving:
@@ -104,237 +107,221 @@ class _Receiving:
         lifetime.closed(self)
 
 
-class TorchRLSchemeMixin:
-    """The part of a scheme that TorchRL's collectors use; see the module docstring.
+class CollectorSession:
+    """What a TorchRL collector adds to a scheme it drives; the scheme's ``session`` from the
+    collector's ``init_on_sender(ctx=...)`` on (see the module docstring).
 
-    Its state: ``sync`` and ``materialize_meta`` (options), ``_collector_mode`` and
-    ``_carried_pipes`` (set up by a collector; pickled to the workers with the scheme),
-    ``_initial_weights`` (the ``none`` scheme's, pickled too), ``_worker_idx``, and the runtime
-    ``_synchronized`` and ``_receiving`` (never pickled).
+    Pickled with the scheme: the workers' ends of the channels (each worker takes its own), the
+    initial weights of a scheme that moves none (``none``: the collector sends its workers a
+    policy without weights). Runtime, in a worker: its index, and its receiving thread with the
+    lock the collector's rollouts hold too.
     """
 
-    role: str | None
-    model_id: str | None
-    strategy: Any
-    timeout: float
-    sync: bool | None
-    materialize_meta: bool
-    _context: Any
-    _model: Any
-    _sender: Any
-    _receiver: Any
-    _transport: Any
-    _synchronized: bool
-    _receiving: _Receiving | None
-    _collector_mode: bool = False
-    _carried_pipes: list | None = None
-    _initial_weights: Any = None
-    _worker_idx: int | None = None
+    def __init__(self, carried_pipes: list) -> None:
+        self.carried_pipes: list | None = carried_pipes
+        self.initial_weights: Any = None
+        self.worker_idx: int | None = None
+        self._receiving: _Receiving | None = None
 
-    # ------------------------------------------------------------------ TorchRL's properties
-    @property
-    def initialized_on_sender(self) -> bool:
-        return self.role == "sender"
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_receiving": None}
 
-    @property
-    def initialized_on_receiver(self) -> bool:
-        return self.role == "receiver"
+    # ------------------------------------------------------------- SchemeSession protocol
+    def endpoint_options(self, scheme: WeightSyncScheme, role: Role) -> dict[str, Any]:
+        """The sender waits until every worker holds a version (unless the scheme's ``sync``
+        says otherwise); the receiver materialises the collector's ``meta`` policy, applies
+        under the rollouts' lock and tells the worker's collector after each update."""
+        if role == "sender":
+            return {} if scheme.sync is not None else {"adoption_timeout": scheme.timeout}
+        if self._receiving is None:
+            self._receiving = _Receiving()
+        return {
+            "materialize_meta": True,
+            "apply_lock": self._receiving.lock,
+            "on_applied": lambda: _tell_context(scheme),
+        }
 
-    @property
-    def synchronized_on_sender(self) -> bool:
-        return self.role == "sender" and bool(self._synchronized)
+    def initialised(self, scheme: WeightSyncScheme) -> None:
+        """On the trainer of a scheme that moves no weights, keep a copy of the model's to
+        carry to the workers."""
+        if scheme.role != "sender" or scheme.get_sender().transport.carries_weights:
+            return
+        if scheme.model is None:
+            return
+        weights = scheme.strategy.extract_weights(scheme.model)
+        if isinstance(weights, dict):
+            self.initial_weights = {
+                k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                for k, v in weights.items()
+            }
+        else:
+            self.initial_weights = weights.detach().clone()
 
-    @synchronized_on_sender.setter
-    def synchronized_on_sender(self, value: bool) -> None:
-        self._synchronized = bool(value)
+    def connected(self, scheme: WeightSyncScheme) -> None:
+        """Trainer: release its copies of the workers' ends (they are in the workers now).
+        Worker: apply carried initial weights, then start the receiving thread."""
+        if scheme.role == "sender":
+            for end in self.carried_pipes or []:
+                end.close()
+            self.carried_pipes = None
+            return
+        model = scheme.model
+        if self.initial_weights is not None and isinstance(model, nn.Module):
+            if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+                model.to_empty(device="cpu")
+            scheme.strategy.apply_weights(model, self.initial_weights, model_id=scheme.model_id)
+            self.initial_weights = None
+        receiver = scheme.get_receiver()
+        if self._receiving is not None and receiver.transport.carries_weights:
+            self._receiving.start(
+                lambda receiving: _receive_loop(receiver, receiving, self.worker_idx),
+                name=f"weightsync-{scheme.model_id}-worker{self.worker_idx}",
+                join_timeout=scheme.timeout,
+            )
 
-    @property
-    def synchronized_on_receiver(self) -> bool:
-        return self.role == "receiver" and bool(self._synchronized)
+    def context_changed(self, scheme: WeightSyncScheme) -> None:
+        """A worker's collector (TorchRL sets it after init): its rollouts take the lock."""
+        if self._receiving is not None:
+            _guard_rollouts(scheme.context, self._receiving.lock)
 
-    @synchronized_on_receiver.setter
-    def synchronized_on_receiver(self, value: bool) -> None:
-        self._synchronized = bool(value)
+    def close(self, scheme: WeightSyncScheme) -> None:
+        """Stop the worker's receiving thread."""
+        if self._receiving is not None:
+            self._receiving.close()
+        self.carried_pipes = None
+
+
+# --------------------------------------------------------------------- TorchRL's keywords
+def _sender_keywords(
+    scheme: WeightSyncScheme, model_id: str, context: Any, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """``params_map=`` (``{worker_idx: weights}``) gives the initial weights and the number of
+    workers, as ``weights=`` and ``devices=`` (one per worker) do; ``device_map_fn=`` is
+    accepted and unused (each worker's update lands on its own model's device). ``ctx=`` (a
+    multiprocessing context) means a collector is initialising the scheme: one pipe per worker,
+    the worker ends carried in the scheme's pickled session."""
+    params_map = kwargs.pop("params_map", None)
+    if params_map:
+        kwargs.setdefault("num_workers", len(params_map))
+        kwargs.setdefault("model", next(iter(params_map.values())))
+    if kwargs.get("weights") is not None:
+        kwargs.setdefault("model", kwargs["weights"])
+    if kwargs.get("devices") is not None:
+        kwargs.setdefault("num_workers", len(kwargs["devices"]))
+    for unused in ("weights", "devices", "device_map_fn"):
+        kwargs.pop(unused, None)
+    ctx = kwargs.pop("ctx", None)
+    if ctx is None:
+        return kwargs
+    num_workers = kwargs.get("num_workers", getattr(context, "num_workers", None))
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(
+            f"init_on_sender(ctx=...) builds one channel per worker but cannot tell how many: "
+            f"got num_workers={num_workers!r}; pass num_workers= or a context with .num_workers"
+        )
+    pairs = [ctx.Pipe() for _ in range(num_workers)]
+    kwargs["pipes"] = [trainer_end for trainer_end, _ in pairs]
+    scheme.session = CollectorSession([worker_end for _, worker_end in pairs])
+    if "torchrl" in sys.modules:
+        register_with_torchrl()
+    return kwargs
+
+
+def _receiver_keywords(
+    scheme: WeightSyncScheme, model_id: str, context: Any, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """``worker_idx=i`` without a pipe, under a collector: take worker ``i``'s end of the
+    carried channels (and close the others', so a worker's death reaches the trainer as end of
+    file)."""
+    session = scheme.session
+    worker_idx = kwargs.pop("worker_idx", None)
+    if not isinstance(session, CollectorSession):
+        if worker_idx is not None:
+            _WORKER_IDX[scheme] = worker_idx
+        return kwargs
+    if worker_idx is not None:
+        session.worker_idx = worker_idx
+    carried = session.carried_pipes
+    if not carried or "pipe" in kwargs or getattr(context, "pipe", None) is not None:
+        return kwargs
+    worker_idx = session.worker_idx
+    if worker_idx is None or not 0 <= worker_idx < len(carried):
+        raise ValueError(
+            f"{type(scheme).__name__} was set up by a collector for {len(carried)} workers; "
+            f"init_on_receiver needs worker_idx in [0, {len(carried)}), got {worker_idx!r}"
+        )
+    for i, end in enumerate(carried):
+        if i != worker_idx:
+            end.close()
+    kwargs["pipe"] = carried[worker_idx]
+    session.carried_pipes = None
+    return kwargs
+
+
+#: ``worker_idx`` given to schemes no collector drives (TorchRL's property still reads it).
+_WORKER_IDX: weakref.WeakKeyDictionary[WeightSyncScheme, int] = weakref.WeakKeyDictionary()
+
+WeightSyncScheme.accept_keywords(
+    "sender", ("ctx", "params_map", "weights", "devices", "device_map_fn"), _sender_keywords
+)
+WeightSyncScheme.accept_keywords("receiver", ("worker_idx",), _receiver_keywords)
+for _alias, _backend in BACKEND_ALIASES.items():
+    WeightSyncScheme.add_alias(_alias, _backend)
+
+
+# --------------------------------------------------------------------- TorchRL's properties
+def _set_connected(scheme: WeightSyncScheme, value: bool) -> None:
+    scheme.connected = bool(value)
+
+
+@add_calls(WeightSyncScheme)
+class TorchRLSchemeProperties:
+    """What TorchRL's collectors read on a scheme, from the scheme's public state."""
+
+    initialized_on_sender = property(lambda self: self.role == "sender")
+    initialized_on_receiver = property(lambda self: self.role == "receiver")
+    synchronized_on_sender = property(
+        lambda self: self.role == "sender" and self.connected, _set_connected
+    )
+    synchronized_on_receiver = property(
+        lambda self: self.role == "receiver" and self.connected, _set_connected
+    )
 
     @property
     def worker_idx(self) -> int | None:
-        """The worker index a collector gave ``init_on_receiver`` (None elsewhere)."""
-        return self._worker_idx
+        """The worker index given to ``init_on_receiver`` (None elsewhere)."""
+        if isinstance(self.session, CollectorSession):
+            return self.session.worker_idx
+        return _WORKER_IDX.get(self)
 
     @property
     def strategy_str(self) -> str:
         """The weight format's name, ``"state_dict"`` or ``"tensordict"``."""
         return self.strategy.extract_as
 
-    @property
-    def model(self) -> Any:
-        """The model this side sends from or receives into."""
-        return self._model
 
-    @model.setter
-    def model(self, model: Any) -> None:
-        # TorchRL's worker re-points this at the policy its collector actually runs (a copy
-        # moved to the policy device); the endpoint uses the new model from its next update on.
-        self._model = model
-        for endpoint in (self._sender, self._receiver):
-            if endpoint is not None:
-                endpoint.model = model
-
-    @property
-    def context(self) -> Any:
-        """The object model ids resolve on (TorchRL: the collector)."""
-        return self._context
-
-    @context.setter
-    def context(self, context: Any) -> None:
-        self._context = context
-        if self._receiving is not None:
-            _guard_rollouts(context, self._receiving.lock)
-
-    # ----------------------------------------------------------------- hooks of the scheme
-    def _torchrl_sender_kwargs(
-        self, model_id: str, context: Any, kwargs: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Turn TorchRL's ``init_on_sender`` arguments into weightsync's.
-
-        ``ctx=`` (a multiprocessing context) means a collector is initialising us: build one pipe
-        per worker and carry the worker ends in this scheme's pickled state. ``params_map=``
-        (``{worker_idx: weights}``) gives the initial weights and the number of workers.
-        """
-        kwargs = dict(kwargs)
-        params_map = kwargs.pop("params_map", None)
-        if params_map:
-            kwargs.setdefault("num_workers", len(params_map))
-            kwargs.setdefault("model", next(iter(params_map.values())))
-        ctx = kwargs.pop("ctx", None)
-        if ctx is None:
-            return kwargs
-        num_workers = kwargs.get("num_workers", getattr(context, "num_workers", None))
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-            raise ValueError(
-                f"init_on_sender(ctx=...) builds one channel per worker but cannot tell how many: "
-                f"got num_workers={num_workers!r}; pass num_workers= or a context with .num_workers"
-            )
-        pairs = [ctx.Pipe() for _ in range(num_workers)]
-        kwargs["pipes"] = [trainer_end for trainer_end, _ in pairs]
-        self._carried_pipes = [worker_end for _, worker_end in pairs]
-        self._collector_mode = True  # pickled to the workers with the carried ends
-        self.materialize_meta = True  # the collector strips the workers' policy to `meta`
-        if "torchrl" in sys.modules:
-            register_with_torchrl()
-        return kwargs
-
-    def _torchrl_receiver_kwargs(self, context: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Turn TorchRL's ``init_on_receiver(model=..., model_id=..., worker_idx=i)`` into
-        weightsync's: without a pipe, take worker ``i``'s end of the carried channels (and close
-        the others', so a worker's death reaches the trainer as end of file)."""
-        kwargs = dict(kwargs)
-        if "worker_idx" in kwargs:
-            self._worker_idx = kwargs.pop("worker_idx")
-        worker_idx = self._worker_idx
-        if self._collector_mode and self._receiving is None:
-            self._receiving = _Receiving()  # before the receiver is built: it takes the lock
-        carried = self._carried_pipes
-        if not carried or "pipe" in kwargs or getattr(context, "pipe", None) is not None:
-            return kwargs
-        if worker_idx is None or not 0 <= worker_idx < len(carried):
-            raise ValueError(
-                f"{type(self).__name__} was set up by a collector for {len(carried)} workers; "
-                f"init_on_receiver needs worker_idx in [0, {len(carried)}), got {worker_idx!r}"
-            )
-        for i, end in enumerate(carried):
-            if i != worker_idx:
-                end.close()
-        kwargs["pipe"] = carried[worker_idx]
-        self._carried_pipes = None
-        return kwargs
-
-    def _torchrl_endpoint_options(self, role: str) -> dict[str, Any]:
-        """What the endpoint of ``role`` needs for TorchRL: the sender whether to wait for every
-        worker to hold a version (``sync``; by default under a collector); the receiver whether
-        to materialise a ``meta`` model, the lock it applies under and whom to tell."""
-        if role == "sender":
-            wait = self._collector_mode if self.sync is None else self.sync
-            return {"adoption_timeout": self.timeout if wait else None}
-        receiving = self._receiving
-        return {
-            "materialize_meta": self.materialize_meta,
-            "apply_lock": None if receiving is None else receiving.lock,
-            "on_applied": None if receiving is None else self._tell_context,
-        }
-
-    def _torchrl_carry_initial_weights(self, model: Any, context: Any) -> None:
-        """Under a collector, keep a copy of the model's weights in this scheme's pickled state:
-        for a scheme that moves no weights (``none``) but whose workers get a policy without
-        any, they are the only weights the workers will have. ``model``: the one given to
-        ``init_on_sender``, else the model id resolved on ``context``."""
-        if model is None and context is not None:
-            model = resolve_model(context, self.model_id)
-        if not self._collector_mode or model is None:
+# ------------------------------------------------------------------- the receiving thread
+def _receive_loop(receiver: Any, receiving: _Receiving, worker_idx: int | None) -> None:
+    """Apply updates as they come (the receiver takes ``receiving.lock`` to apply, so never
+    during a rollout), until the scheme shuts down or the trainer goes."""
+    while not receiving.stop.is_set() and not receiver.closed:
+        try:
+            receiver.receive(RECEIVE_WAIT_S)
+        except (PeerDiedError, EOFError, OSError) as err:
+            if not receiving.stop.is_set():
+                log.warning("weightsync receiving thread of worker %s ends: %s", worker_idx, err)
             return
-        weights = self.strategy.extract_weights(model)
-        if isinstance(weights, dict):
-            self._initial_weights = {
-                k: v.detach().clone() if isinstance(v, torch.Tensor) else v
-                for k, v in weights.items()
-            }
-        else:
-            self._initial_weights = weights.detach().clone()
-
-    def _torchrl_after_connect(self) -> None:
-        """Mark this side synchronised; under a collector, release the trainer's copies of the
-        workers' ends (they are in the workers now), or start the worker's receiving thread."""
-        self._synchronized = True
-        if not self._collector_mode:
+        except Exception:  # a bug must not pass silently, nor kill the worker's collection
+            log.exception("weightsync receiving thread of worker %s failed", worker_idx)
             return
-        if self.role == "sender":
-            for end in self._carried_pipes or []:
-                end.close()
-            self._carried_pipes = None
-            return
-        if self._initial_weights is not None and isinstance(self._model, nn.Module):
-            if any(t.is_meta for t in (*self._model.parameters(), *self._model.buffers())):
-                self._model.to_empty(device="cpu")
-            self.strategy.apply_weights(self._model, self._initial_weights, model_id=self.model_id)
-            self._initial_weights = None
-        if self._receiving is not None and self._transport.carries_weights:
-            self._receiving.start(
-                self._receive_loop,
-                name=f"weightsync-{self.model_id}-worker{self._worker_idx}",
-                join_timeout=self.timeout,
-            )
 
-    def _torchrl_shutdown(self) -> None:
-        """Stop the worker's receiving thread and forget the collector."""
-        if self._receiving is not None:
-            self._receiving.close()
-        self._collector_mode = False
-        self._carried_pipes = None
 
-    # ---------------------------------------------------------------- the receiving thread
-    def _receive_loop(self, receiving: _Receiving) -> None:
-        """Apply updates as they come (the receiver takes ``receiving.lock`` to apply, so never
-        during a rollout), until the scheme shuts down or the trainer goes."""
-        receiver = self._receiver
-        while not receiving.stop.is_set() and not receiver.closed:
-            try:
-                receiver.receive(RECEIVE_WAIT_S)
-            except (PeerDiedError, EOFError, OSError) as err:
-                if not receiving.stop.is_set():
-                    log.warning(
-                        "weightsync receiving thread of worker %s ends: %s", self._worker_idx, err
-                    )
-                return
-            except Exception:  # a bug must not pass silently, nor kill the worker's collection
-                log.exception("weightsync receiving thread of worker %s failed", self._worker_idx)
-                return
-
-    def _tell_context(self) -> None:
-        """Cascade to the worker's collector as TorchRL's schemes do: its
-        ``update_policy_weights_`` copies into the policy it runs and bumps its policy version."""
-        update = getattr(self._context, "update_policy_weights_", None)
-        if callable(update) and isinstance(self._model, nn.Module):
-            update(policy_or_weights=TensorDict.from_module(self._model))
+def _tell_context(scheme: WeightSyncScheme) -> None:
+    """Cascade to the worker's collector as TorchRL's schemes do: its
+    ``update_policy_weights_`` copies into the policy it runs and bumps its policy version."""
+    update = getattr(scheme.context, "update_policy_weights_", None)
+    if callable(update) and isinstance(scheme.model, nn.Module):
+        update(policy_or_weights=TensorDict.from_module(scheme.model))
 
 
 def _guard_rollouts(collector: Any, lock: threading.RLock) -> None:

@@ -12,6 +12,7 @@ first byte is written, so a rejected update leaves the destination exactly as it
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -310,6 +311,8 @@ def copy_weights(destination: FlatWeights, source: FlatWeights) -> None:
 
 
 def set_extra_states(module: nn.Module, extra: Mapping[str, Any]) -> None:
-    """Restore each submodule's extra state with ``set_extra_state``."""
+    """Restore each submodule's extra state with ``set_extra_state``, from a copy: a module that
+    keeps the object it is given (and later changes it in place) must change neither the
+    weights it was sent nor what the next apply of the same weights restores."""
     for prefix, state in extra.items():
-        module.get_submodule(prefix).set_extra_state(state)
+        module.get_submodule(prefix).set_extra_state(copy.deepcopy(state))

@@ -76,7 +76,7 @@ class _Case:
     ):
         self.cfg, self.num_workers = cfg, num_workers
         self.scheme = make_scheme()
-        self.backend = type(self.scheme).backend
+        self.backend = type(self.scheme).backend_name
         self.send_async_ms = 0.0  # of the last async update
         if self.backend == "distributed":  # its workers must know the store's port when spawned
             self.scheme.num_workers, self.scheme.port = num_workers, free_port()

@@ -98,7 +98,7 @@ def run(cfg: Any) -> dict[str, Any]:
                 if "error" in result:
                     scheme = make_scheme()
                     result |= {
-                        "scheme": type(scheme).backend,
+                        "scheme": type(scheme).backend_name,
                         "strategy": scheme.strategy.extract_as,
                         "model": model,
                         "bytes": nbytes,

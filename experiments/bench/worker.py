@@ -48,7 +48,7 @@ def run_worker(
         scheme.connect()
         receiver = scheme.get_receiver()
         row[PHASE] = CONNECTED
-        idle = getattr(scheme, "backend", "") == "none"  # receive() returns at once: nothing comes
+        idle = getattr(scheme, "backend_name", "") == "none"  # receive() returns at once
         while not scheme.closed and not int(control[STOP]):
             if scheme.receive(poll_timeout_s):
                 version = receiver.version

@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from experiments.common.config import constructor_default, plain
 from experiments.common.schemes import build_scheme
-from experiments.config import ConfigError, RunConfig, validate
+from experiments.config import ConfigError, RunConfig, resolve_device, validate
 from experiments.factory import env_factory, policy_factory
 from experiments.models import ActorCritic, count_parameters
 from weightsync import (
@@ -186,8 +186,18 @@ def test_cuda_is_refused_on_a_machine_without_it(make_cfg, overrides, role) -> N
 
 
 @pytest.mark.usefixtures("cuda_absent")
-def test_auto_device_falls_back_to_cpu(make_cfg) -> None:
-    validate(make_cfg("device=auto"))
+def test_auto_device_falls_back_to_cpu(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a machine without CUDA (simulated where there is one) ``device=auto`` is accepted
+    where ``device=cuda`` is refused, and both roles run on the CPU; with CUDA, on CUDA."""
+    cfg = make_cfg("device=auto")
+    roles = ("trainer", "worker")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    validate(cfg)
+    with pytest.raises(ConfigError, match=r"device\.trainer=cuda, but torch sees no CUDA"):
+        validate(make_cfg("device=cuda"))
+    assert [resolve_device(cfg.device[role]) for role in roles] == [torch.device("cpu")] * 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert [resolve_device(cfg.device[role]) for role in roles] == [torch.device("cuda")] * 2
 
 
 def test_scheme_targets_are_weight_sync_schemes(make_cfg) -> None:

@@ -1,21 +1,17 @@
 """``python run.py`` end to end, in subprocesses: the smoke preset for every sync x strategy (one
-multirun, which also yields the comparison table and plot), and a clean stop on Ctrl-C."""
+multirun, which also yields the comparison table and plot). Ctrl-C and other faults:
+``test_run_faults.py``."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers.run_py import ROOT, run_py
+from tests.helpers.run_py import run_py
 from tests.helpers.shm import leaked_since, shm_entries
 
 SYNCS = ("none", "shared-mem", "pipe")
@@ -23,7 +19,8 @@ STRATEGIES = ("state_dict", "tensordict")
 SMOKE_UPDATES = 8  # experiment=smoke: 8192 frames / (2 workers x 8 envs x 64 steps)
 UNITS = ("episode_return", "loss", "frames_per_s", "sync_latency_ms", "bytes_moved", "staleness")
 
-pytestmark = pytest.mark.slow
+# the module-scoped sweep runs once: every test that reads it on one xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("run_py_sweep")]
 
 
 @pytest.fixture(scope="module")
@@ -108,68 +105,3 @@ def test_multirun_ends_with_a_comparison_table_and_plot(sweep) -> None:
     assert "sync=none strategy=state_dict |" in table  # jobs are named by their overrides
     assert table in stdout  # printed at the end of the sweep
     assert (sweep_dir / "comparison.png").read_bytes().startswith(b"\x89PNG")
-
-
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (from /proc)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(entry.name))
-    return children
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-@pytest.mark.timeout(120)
-def test_ctrl_c_stops_the_run_cleanly(tmp_path: Path) -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "run.py",
-            "experiment=smoke",
-            "sync=shared-mem",
-            "run.total_frames=100_000_000",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
-    try:
-        metrics = tmp_path / "metrics.jsonl"
-        deadline = time.monotonic() + 90
-        while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
-            assert process.poll() is None and time.monotonic() < deadline, "no progress"
-            time.sleep(0.2)
-        workers = _children(process.pid)
-        assert len(workers) >= 2
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
-        output, _ = process.communicate(timeout=15)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-    assert process.returncode == 130, output[-3000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "interrupted"
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
-    assert len(records) >= 3
-    assert len(records) <= summary["num_updates"] <= len(records) + 1  # Ctrl-C may split one
-    deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(_alive(pid) for pid in workers), "worker processes outlived the run"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,33 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.ports import free_port_block
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def free_port_block(n: int = 3) -> int:
-    """A port P such that P..P+n-1 are free on 127.0.0.1 now (master, scheme and rollout
-    stores)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + n > 65535:
-            continue
-        try:
-            held = []
-            for port in range(base, base + n):
-                s = socket.socket()
-                held.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError("no block of free ports found")
 
 
 def _clean_env() -> dict[str, str]:
@@ -175,7 +152,7 @@ def test_a_killed_worker_rank_is_named_and_the_run_goes_on_with_the_survivor(slu
     ranks.wait_for_iterations(2)
     os.kill(ranks.procs[2].pid, signal.SIGKILL)  # rank 2 = worker 1
     assert ranks.wait(0, within_s=150) == 0, ranks.output(0)
-    assert ranks.wait(1, within_s=10) == 0, ranks.output(1)
+    assert ranks.wait(1, within_s=30) == 0, ranks.output(1)  # liveness: it ends with rank 0
     summary = _summary(ranks.out[0])
     assert summary["status"] == "completed", summary
     assert "going on without worker(s) [1]: worker 1 (rank 2)" in ranks.output(0, tail=None)
@@ -189,6 +166,6 @@ def test_every_worker_rank_exits_when_rank_0_is_killed(slurm):
     ranks = slurm(f"sync.timeout={timeout}", "run.total_frames=100000000")
     ranks.wait_for_iterations(2)
     os.kill(ranks.procs[0].pid, signal.SIGKILL)
-    for rank in (1, 2):
-        assert ranks.wait(rank, within_s=timeout) == 0, ranks.output(rank)
+    for rank in (1, 2):  # a liveness bound: a dead link is seen at once on an idle machine
+        assert ranks.wait(rank, within_s=timeout + 30) == 0, ranks.output(rank)
         assert "Traceback" not in ranks.output(rank), ranks.output(rank)

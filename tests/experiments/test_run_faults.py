@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 
 def _children(pid: int) -> list[int]:
@@ -64,9 +64,10 @@ class Run:
         )
         self.workers: list[int] = []
 
-    def wait_for_iterations(self, n: int, within_s: float = 90.0, num_workers: int = 2) -> None:
+    def wait_for_iterations(self, n: int, within_s: float = 240.0, num_workers: int = 2) -> None:
         """Wait until ``n`` metrics lines are written and all ``num_workers`` worker processes
-        are seen; remember them."""
+        are seen; remember them. ``within_s`` is a liveness bound: start-up takes seconds on an
+        idle machine, but a minute or more on a loaded one."""
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"run.py exited early:\n{self.output()}"
@@ -150,13 +151,17 @@ def test_ctrl_c_stops_the_run_cleanly_within_seconds(runs):
     run.wait_for_iterations(3)
     os.killpg(run.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     started = time.monotonic()
-    code = run.wait(within_s=10.0)
+    code = run.wait(within_s=40.0)
     stopped_in = time.monotonic() - started
     assert code == 130, run.output()
-    assert stopped_in <= 8.0, f"Ctrl-C took {stopped_in:.1f} s to stop the run"
-    run.assert_no_process_left()
-    assert len(run.metrics()) >= 3
-    assert run.summary()["status"] == "interrupted"
+    # a liveness bound (seconds on an idle machine; a loaded 2-core one stalls processes)
+    assert stopped_in <= 30.0, f"Ctrl-C took {stopped_in:.1f} s to stop the run"
+    run.assert_no_process_left(within_s=10.0)
+    records = run.metrics()
+    assert len(records) >= 3
+    summary = run.summary()
+    assert summary["status"] == "interrupted"
+    assert len(records) <= summary["num_updates"] <= len(records) + 1  # Ctrl-C may split one
     assert "Traceback" not in run.output(), run.output()
 
 
@@ -171,7 +176,7 @@ def test_worker_killed_mid_run_with_continue_finishes_with_the_survivor(runs):
     run.wait_for_iterations(2)
     victim = run.workers[1]
     os.kill(victim, signal.SIGKILL)
-    code = run.wait(within_s=90.0)
+    code = run.wait(within_s=240.0)  # a liveness bound: 46 more iterations
     assert code == 0, run.output()
     records = run.metrics()
     assert records[0]["num_workers"] == 2 and records[-1]["num_workers"] == 1
@@ -186,8 +191,9 @@ def test_worker_killed_mid_run_with_stop_stops_cleanly_naming_it(runs):
     run.wait_for_iterations(2)
     os.kill(run.workers[1], signal.SIGKILL)
     started = time.monotonic()
-    code = run.wait(within_s=30.0)
-    assert time.monotonic() - started <= 5.0 + 8.0  # the timeout, plus a clean teardown
+    code = run.wait(within_s=60.0)
+    # the timeout, plus a clean teardown: a liveness bound on a loaded 2-core machine
+    assert time.monotonic() - started <= 5.0 + 30.0
     assert code == 1, run.output()
     summary = run.summary()
     assert summary["status"] == "worker_failed", summary
@@ -202,6 +208,6 @@ def test_workers_exit_within_seconds_when_run_py_is_killed(runs):
     run = runs("trainer-kill", "sync=pipe", LONG)
     run.wait_for_iterations(2)
     os.kill(run.proc.pid, signal.SIGKILL)
-    run.wait(within_s=5.0)
-    run.assert_no_process_left(within_s=10.0)  # a liveness bound (a loaded CI machine)
+    run.wait(within_s=10.0)
+    run.assert_no_process_left(within_s=30.0)  # a liveness bound (a loaded CI machine)
     run.metrics()  # flushed line by line: everything written before the kill parses

@@ -91,7 +91,7 @@ def test_an_invalid_job_is_recorded_and_the_others_run(tmp_path: Path) -> None:
     assert invalid["status"] == "invalid_config" and "run.num_workers=0" in invalid["error"]
     assert valid["status"] == "completed"
     table = (tmp_path / "comparison.md").read_text()
-    assert "| experiment=smoke run.num_workers=0 | - | - | invalid_config |" in table
+    assert "| 0 | experiment=smoke run.num_workers=0 | - | - | invalid_config |" in table
     last = done.stdout.rstrip().splitlines()[-1]
     assert last.startswith("1 of 2 jobs failed: experiment=smoke run.num_workers=0: invalid_config")
 
@@ -115,6 +115,13 @@ def test_a_short_optuna_search_tunes_on_the_returned_objective(tmp_path: Path) -
     results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     best = max(job["final_return"] for job in jobs.values())
     assert results["best_value"] == pytest.approx(best)
+    # the report names the best trial and draws the search beside the comparison
+    best_job = next(name for name, job in jobs.items() if job["final_return"] == best)
+    assert f"Best trial: job #{best_job}, final_return = " in done.stdout
+    assert "Search figures (Optuna, 2 trials): search_history.png" in done.stdout
+    for figure in ("comparison.png", "search_history.png", "search_importances.png"):
+        assert (tmp_path / figure).read_bytes().startswith(b"\x89PNG"), figure
+    assert "constrained_layout not applied" not in done.stderr
 
 
 @pytest.mark.slow

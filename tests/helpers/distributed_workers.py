@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import time
 
 import torch
 import torch.distributed as dist
@@ -53,7 +52,8 @@ def serve_commands(scheme, worker_id: int, bind: str | None, ctl, seed: int = 1)
     """Join (binding ``bind``), take the initial weights, then obey commands on ``ctl``:
 
     ``("receive", timeout)`` -> ``("state", version, state)`` after one ``receive``;
-    ``("busy", seconds)`` -> act without receiving for that long, then ``("done",)``;
+    ``("busy",)`` -> ``("busy",)``, then act without receiving until ``("rest",)`` arrives,
+    then ``("done",)`` (the test decides how long a rollout lasts, whatever the machine's load);
     ``("follow",)`` -> receive until the trainer is gone or closes, then ``("gone", "closed", "")``
     or ``("gone", error type, message)``;
     ``("stop",)`` -> shut down and ``("closed",)``. Anything raised: ``("error", type, msg)``.
@@ -70,7 +70,8 @@ def serve_commands(scheme, worker_id: int, bind: str | None, ctl, seed: int = 1)
                 scheme.receive(args[0])
                 ctl.send(("state", receiver.version, state_of(model)))
             elif command == "busy":
-                time.sleep(args[0])  # a long rollout: no receive() meanwhile
+                ctl.send(("busy",))
+                assert ctl.recv() == ("rest",)  # a long rollout: no receive() meanwhile
                 ctl.send(("done",))
             elif command == "follow":
                 try:
@@ -111,7 +112,7 @@ def run_trainer(num_workers: int, timeout: float, ctl, heartbeat: float = 5.0) -
     try:
         model = make_model(0)
         scheme = DistributedWeightSyncScheme(
-            num_workers=num_workers, timeout=timeout, join_timeout=60, heartbeat=heartbeat
+            num_workers=num_workers, timeout=timeout, join_timeout=150, heartbeat=heartbeat
         )
         scheme.init_on_sender("policy", model=model)
         ctl.send(("port", scheme.port))

@@ -4,19 +4,21 @@
   read that mixes versions (the trainer writes version ``k`` as "every parameter equals k");
 * :func:`ready_then_serve`: the command-driven worker of ``workers.py``, announcing itself first;
 * :func:`trainer_with_workers`: a trainer that spawns its own workers, reports their process ids
-  and sends forever: the test kills it with SIGKILL and watches the workers go.
+  and sends forever: the test kills it with SIGKILL, watches the workers go and reads what each
+  worker's ``receive()`` raised from the file it left behind.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from weightsync import PeerDiedError, WeightSyncScheme
+from weightsync import WeightSyncScheme
 
 
 def uniform_model(width: int = 256, depth: int = 4) -> nn.Module:
@@ -94,29 +96,37 @@ def ready_then_serve(scheme, pipe, ctl) -> None:
     serve(scheme, pipe, ctl)
 
 
-def _worker_until_trainer_dies(scheme, pipe) -> None:
-    """A grandchild worker: receive until the trainer is gone (PeerDiedError), then exit."""
+def _worker_until_trainer_dies(scheme, pipe, outcome_path: str) -> None:
+    """A grandchild worker: receive until the trainer is gone, then write how it ended to
+    ``outcome_path`` (``"<error type>: <message>"``, or ``"closed"``) and exit. The file is how
+    the test, which did not start this process, learns what the worker's ``receive()`` raised."""
     from tests.helpers.models import make_model
 
-    scheme.init_on_receiver("policy", model=make_model(1), pipe=pipe)
+    outcome = "closed"
     try:
-        scheme.connect(timeout=60.0)
+        scheme.init_on_receiver("policy", model=make_model(1), pipe=pipe)
+        scheme.connect(timeout=120.0)
         while not scheme.closed:
             scheme.receive(0.01)
-    except PeerDiedError:  # the trainer is gone: exit quietly
-        pass
+    except Exception as err:  # every way out is reported: the test judges it
+        outcome = f"{type(err).__name__}: {err}"
+    Path(outcome_path).write_text(outcome)
 
 
-def trainer_with_workers(backend: str, num_workers: int, ctl) -> None:
-    """Spawn workers, connect, report their pids, then send updates until killed."""
+def trainer_with_workers(backend: str, num_workers: int, ctl, outcome_dir: str) -> None:
+    """Spawn workers, connect, report their pids, then send updates until killed. Worker ``w``
+    writes how its receive loop ended to ``<outcome_dir>/worker<w>``."""
     from tests.helpers.models import make_model, perturb
 
     ctx = mp.get_context("spawn")
-    scheme = WeightSyncScheme.from_backend(backend, timeout=60.0)  # slow nested spawns
+    scheme = WeightSyncScheme.from_backend(backend, timeout=120.0)  # slow nested spawns
     pipes, workers = [], []
-    for _ in range(num_workers):
+    for w in range(num_workers):
         here, there = ctx.Pipe()
-        worker = ctx.Process(target=_worker_until_trainer_dies, args=(scheme, there), daemon=True)
+        outcome_path = str(Path(outcome_dir) / f"worker{w}")
+        worker = ctx.Process(
+            target=_worker_until_trainer_dies, args=(scheme, there, outcome_path), daemon=True
+        )
         worker.start()
         there.close()  # only the worker holds its end: the trainer's death is its EOF
         pipes.append(here)
@@ -124,7 +134,7 @@ def trainer_with_workers(backend: str, num_workers: int, ctl) -> None:
     model = make_model(0)
     scheme.init_on_sender("policy", model=model, pipes=pipes)
     scheme.send_async()  # connect(), with time for freshly spawned workers to start
-    scheme.wait_async(timeout=60.0)
+    scheme.wait_async(timeout=120.0)
     ctl.send(("workers", [w.pid for w in workers]))
     step = 0
     while True:

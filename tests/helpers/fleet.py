@@ -10,7 +10,7 @@ import torch
 from tests.helpers.fault_workers import ready_then_serve
 from tests.helpers.models import make_model
 from tests.helpers.processes import Processes
-from tests.helpers.workers import ask
+from tests.helpers.workers import REPLY_S, ask
 from weightsync import WeightSyncScheme
 
 NUM_WORKERS = 2
@@ -36,7 +36,7 @@ class Fleet:
             pipes.append(here)
             self.controls.append(ctl_here)
         for ctl in self.controls:
-            assert ctl.poll(60) and ctl.recv()[0] == "ready"
+            assert ctl.poll(REPLY_S) and ctl.recv()[0] == "ready"
         self.scheme.init_on_sender("policy", context=self.context, pipes=pipes)
         self.scheme.connect()
         self.sender = self.scheme.get_sender()

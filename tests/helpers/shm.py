@@ -12,7 +12,9 @@ the test only if nothing shows it belongs to another program:
   tracker unlinks them when their program ends);
 * no live process of another session holds it open or mapped, and a ``torch_<pid>_...`` name does
   not embed the pid of a live process of another session. Every process a test starts (spawned
-  workers, ``run.py`` subprocesses and their workers) shares the test process's session.
+  workers, ``run.py`` subprocesses and their workers) shares the test process's session. Under
+  pytest-xdist each worker is a session of its own (``tests/conftest.py``), so the tests running
+  beside this one on other workers count as other programs.
 """
 
 from __future__ import annotations

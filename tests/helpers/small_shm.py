@@ -12,6 +12,7 @@ import sys
 import torch.multiprocessing as mp
 from torch import nn
 
+from tests.helpers.workers import REPLY_S
 from weightsync import WeightSyncScheme
 
 
@@ -38,7 +39,7 @@ def main() -> None:
         trainer = ("connected", "")
     except Exception as err:
         trainer = (type(err).__name__, str(err))
-    worker_said = ctl_here.recv() if ctl_here.poll(60) else ("silent", "")
+    worker_said = ctl_here.recv() if ctl_here.poll(REPLY_S) else ("silent", "")
     scheme.shutdown()
     worker.join(30)
     if worker.is_alive():

@@ -49,7 +49,12 @@ def serve(scheme, pipe, ctl, model_id: str = "policy", seed: int = 1) -> None:
         ctl.send(("error", type(err).__name__, str(err)))
 
 
-def expect_reply(ctl, what: str = "reply", timeout: float = 60.0):
+# How long a test waits for a worker's answer before calling it silent: a liveness bound (a
+# spawned worker imports torch first; a loaded 2-core machine has taken over a minute).
+REPLY_S = 150.0
+
+
+def expect_reply(ctl, what: str = "reply", timeout: float = REPLY_S):
     """The worker's next message on ``ctl``; fails the test on silence or an error reply."""
     assert ctl.poll(timeout), f"worker did not {what} within {timeout} s"
     reply = ctl.recv()
@@ -57,7 +62,7 @@ def expect_reply(ctl, what: str = "reply", timeout: float = 60.0):
     return reply
 
 
-def ask(ctl, *command, timeout: float = 60.0):
+def ask(ctl, *command, timeout: float = REPLY_S):
     """Send ``command`` to a worker serving a control pipe and return its reply."""
     ctl.send(command)
     return expect_reply(ctl, f"answer {command[0]!r}", timeout)

@@ -2,13 +2,16 @@
 
 The send path flows one way: schemes -> endpoints -> transports -> flat buffers -> weights. A
 module may import only from its own layer's helpers or from layers below it, so the package has
-no import cycle and a new backend is two transport classes and a small scheme class.
+no import cycle and a new backend is two transport classes and a small scheme class. TorchRL's
+compatibility layers (``torchrl``, ``legacy``) stand beside the core, above it: they use the
+core; no core module imports or inherits them.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -33,16 +36,19 @@ PACKAGE = Path(__file__).resolve().parents[2] / "weightsync"
 #: Lowest first. A module imports only modules of a lower layer, or of its own package
 #: (``weightsync.transports.pipe`` imports ``weightsync.transports.base``).
 LAYERS = [
-    {"errors", "launch", "lifetime", "timeouts"},
+    {"errors", "extend", "launch", "lifetime", "timeouts"},
     {"paths", "shm", "weights"},
     {"flat", "strategy"},
     {"binding", "sources", "group"},
-    {"legacy", "torchrl"},
     {"transports"},
     {"endpoints"},
     {"schemes"},
+    {"legacy", "torchrl"},
     {"__init__"},
 ]
+#: The core: what a new backend touches. It knows nothing of the compatibility layers.
+CORE = ("transports", "endpoints", "schemes")
+COMPATIBILITY = ("weightsync.legacy", "weightsync.torchrl")
 
 
 def _layer(module: str) -> int:
@@ -94,6 +100,22 @@ def test_every_module_imports_only_from_layers_below_it():
             if _layer(imported) >= _layer(module) and not same_package:
                 upward.append(f"{module} imports {imported}")
     assert not upward, "imports against the layering:\n" + "\n".join(upward)
+
+
+def test_no_core_module_imports_or_inherits_the_compatibility_layers():
+    core = [m for m in _modules() if m.split(".")[1:2] and m.split(".")[1] in CORE]
+    assert len(core) > 10
+    imports = [f"{m} imports {i}" for m in core for i in _imports(_modules()[m])]
+    assert not [line for line in imports if line.endswith(COMPATIBILITY)]
+    inherited = [
+        f"{cls.__module__}.{cls.__qualname__} inherits {base.__module__}.{base.__qualname__}"
+        for module in core
+        for cls in vars(importlib.import_module(module)).values()
+        if isinstance(cls, type) and cls.__module__ == module
+        for base in cls.__mro__
+        if base.__module__ in COMPATIBILITY
+    ]
+    assert not inherited
 
 
 def test_there_is_no_import_cycle():

@@ -152,6 +152,7 @@ BAD_WEIGHTS = [
 ]
 
 
+@pytest.mark.xdist_group("bad_input_fleet")  # the module-scoped fleet, spawned once
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
@@ -183,6 +184,7 @@ def test_weights_that_do_not_fit_are_refused_and_workers_keep_theirs(
 
 
 # ----------------------------------------------------------------------- API misuse, real workers
+@pytest.mark.xdist_group("bad_input_fleet")  # the module-scoped fleet, spawned once
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_misused_sends_are_refused_and_change_nothing(fleet):

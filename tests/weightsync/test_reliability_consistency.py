@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.helpers.fault_workers import fill_version, stress_reader, uniform_model
+from tests.helpers.workers import REPLY_S
 from weightsync import SyncTimeoutError, WeightSyncScheme
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def _start_readers(procs, scheme, num_workers, slow=None):
         pipes.append(here)
         controls.append(ctl_here)
     for w, ctl in enumerate(controls):  # connect only once every worker is up
-        assert ctl.poll(60) and ctl.recv()[0] == "ready", f"worker {w} did not start"
+        assert ctl.poll(REPLY_S) and ctl.recv()[0] == "ready", f"worker {w} did not start"
     return pipes, controls
 
 

@@ -22,10 +22,11 @@ from tests.helpers.models import (
     state_of,
 )
 from tests.helpers.spawned import serve_models
-from tests.helpers.workers import ask
+from tests.helpers.workers import REPLY_S, ask
 from weightsync import UnmaterializedWeightsError, WeightSyncScheme, WorkerRejectedError
 
-pytestmark = pytest.mark.slow
+# the module-scoped fleets are spawned once: every test here on one xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sender_fleet")]
 
 
 @pytest.fixture(scope="module", params=["pipe", "shared-mem"])
@@ -148,13 +149,13 @@ def test_a_meta_worker_model_refuses_the_weights_and_keeps_version_0(procs, back
     here, there = procs.pipe()
     ctl_here, ctl_there = procs.pipe()
     procs.start(meta_worker, scheme, there, ctl_there)
-    assert ctl_here.poll(60) and ctl_here.recv()[0] == "ready"
+    assert ctl_here.poll(REPLY_S) and ctl_here.recv()[0] == "ready"
     scheme.init_on_sender("policy", model=make_model(0), pipes=[here])
     try:
         with pytest.raises(WorkerRejectedError, match="meta device") as info:
             scheme.connect()
         assert info.value.workers == [0]
-        assert ctl_here.poll(60)
+        assert ctl_here.poll(REPLY_S)
         kind, *report = ctl_here.recv()
         assert kind == "refused", report
         error, message, version = report
@@ -181,7 +182,7 @@ def test_a_state_dict_of_a_model_with_tied_parameters_is_accepted(procs, backend
     procs.start(
         serve_models, {"policy": scheme}, {"policy": there}, {"policy": TiedEmbedding()}, ctl_there
     )
-    assert ctl.poll(60) and ctl.recv()[0] == "unpickled"
+    assert ctl.poll(REPLY_S) and ctl.recv()[0] == "unpickled"
     try:
         scheme.connect()
         with torch.no_grad():

@@ -28,7 +28,7 @@ from tests.helpers.worker_side import (
     slow_to_start,
     threaded_reader,
 )
-from tests.helpers.workers import ask
+from tests.helpers.workers import REPLY_S, ask
 from weightsync import SyncTimeoutError, WeightSyncScheme, WorkerRejectedError
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def _start(procs, target, scheme, *args):
     ctl_here, ctl_there = procs.pipe()
     procs.start(target, scheme, there, ctl_there, *args)
     there.close()  # the trainer keeps only its own end
-    assert ctl_here.poll(60), "the worker did not start"
+    assert ctl_here.poll(REPLY_S), "the worker did not start"
     kind, *payload = ctl_here.recv()
     assert kind == "ready", payload
     return here, ctl_here
@@ -79,7 +79,8 @@ def test_a_refusing_worker_keeps_its_weights_under_a_stream_of_sends(procs, back
     refused = sender.version
     with pytest.raises(WorkerRejectedError, match=r"refused by worker\(s\) \[0\]") as info:
         scheme.send()  # the send after a refusal names the worker and the version refused
-    assert info.value.version in (refused, refused + 1) and "'extra'" in str(info.value), info.value
+    # the last version, or the one just sent (pipe); older if a loaded machine held the worker up
+    assert 1 < info.value.version <= refused + 1 and "'extra'" in str(info.value), info.value
     assert sender.acked_versions == {0: 1}
     scheme.shutdown()
     (stats,) = _expect(ctl, "stats")
@@ -133,15 +134,19 @@ def test_a_worker_model_changed_after_connect_is_validated_as_it_is_now(procs, b
     scheme.init_on_sender("policy", model=model, pipes=[pipe])
     scheme.connect()
     _expect(ctl, "mutated")
-    refusals = []
-    for step in (1, 2, 3):
+    refusals, step = [], 0
+    deadline = time.monotonic() + 60.0  # a liveness bound: told at once on an idle machine
+    while step < 3 or not refusals:  # the shared-mem worker refuses at its next receive()
+        assert time.monotonic() < deadline, (
+            f"{step} sends, and the trainer was never told that the worker's model no longer fits"
+        )
+        step += 1
         perturb(model, step)
         try:
             scheme.send()
         except WorkerRejectedError as err:
             refusals.append(err)
-        time.sleep(0.5)  # the shared-mem worker refuses at its next receive()
-    assert refusals, "the trainer was never told that the worker's model no longer fits"
+        time.sleep(0.1)
     assert all(err.workers == [0] for err in refusals), refusals[0]
     assert scheme.get_sender().acked_versions == {0: 1}
     scheme.shutdown()

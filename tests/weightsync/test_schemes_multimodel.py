@@ -10,7 +10,7 @@ from torch import nn
 
 from tests.helpers.models import assert_same_state, make_model, perturb, state_of
 from tests.helpers.spawned import serve_models
-from tests.helpers.workers import ask
+from tests.helpers.workers import REPLY_S, ask
 from weightsync import WeightSyncScheme
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -43,7 +43,7 @@ def test_two_models_side_by_side_in_the_same_workers(procs):
         controls.append(ctl_here)
     for ctl in controls:  # what arrived in the worker: no role, no transport, before init there
         for model_id in schemes:
-            assert ctl.poll(60.0)
+            assert ctl.poll(REPLY_S)
             assert ctl.recv() == ("unpickled", model_id, None, True)
     for scheme in schemes.values():
         scheme.connect()

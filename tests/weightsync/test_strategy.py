@@ -79,6 +79,36 @@ def test_apply_carries_parameters_buffers_and_extra_state(fmt):
     assert destination.updates == 1
 
 
+class TensorExtraState(nn.Module):
+    """Keeps the extra-state tensor it is given, as TorchRL's own test module does."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.linear = nn.Linear(2, 2)
+        self.stats = torch.full((3,), value)
+
+    def get_extra_state(self):
+        return {"stats": self.stats}
+
+    def set_extra_state(self, state):
+        self.stats = state["stats"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_applying_the_same_weights_twice_restores_tensor_extra_state_each_time(fmt):
+    """TorchRL parity: repeated syncs neither consume nor skip ``__extra_state__``; a module
+    that changes its extra-state tensor in place changes neither the weights it was sent nor
+    the trainer's."""
+    strategy = WeightStrategy(fmt)
+    source, destination = TensorExtraState(5.0), TensorExtraState(0.0)
+    weights = strategy.extract_weights(source)
+    for _ in range(2):
+        strategy.apply_weights(destination, weights)
+        assert torch.equal(destination.stats, torch.full((3,), 5.0))
+        destination.stats.zero_()
+    assert torch.equal(source.stats, torch.full((3,), 5.0))
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_nested_modules_and_extra_state_at_every_level(fmt):
     strategy = WeightStrategy(fmt)

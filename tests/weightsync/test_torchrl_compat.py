@@ -13,10 +13,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tensordict import TensorDict
 from torch import nn
 
 from tests.helpers.collector_workers import collector_worker, meta_linear
 from tests.helpers.inprocess import ThreadWorker, connected_pair
+from tests.helpers.workers import REPLY_S
 from weightsync import (
     DistributedWeightSyncScheme,
     MPTransport,
@@ -50,8 +52,11 @@ def test_torchrl_constructor_arguments():
     assert MultiProcessWeightSyncScheme(strategy="tensordict", sync=True).sync is True
     shared = SharedMemWeightSyncScheme(strategy="tensordict", sync=False, per_worker_weights=True)
     assert (shared.sync, shared.per_worker_weights) == (False, True)
-    assert DistributedWeightSyncScheme(backend="gloo", sync=True).distributed_backend == "gloo"
-    assert DistributedWeightSyncScheme(backend="nccl").distributed_backend == "nccl"
+    # TorchRL's ``backend`` is the torch backend; the registry name is ``backend_name``
+    gloo = DistributedWeightSyncScheme(backend="gloo", sync=True)
+    assert (gloo.backend, gloo.backend_name) == ("gloo", "distributed")
+    assert DistributedWeightSyncScheme(backend="nccl").backend == "nccl"
+    assert DistributedWeightSyncScheme().backend is None
     with pytest.raises(ValueError, match="backend='mpi' is not one of"):
         DistributedWeightSyncScheme(backend="mpi")
     with pytest.raises(TypeError, match="strategy='state_dict'"):
@@ -139,6 +144,73 @@ def test_legacy_worker_applying_received_weights_acknowledges_them():
     assert torch.equal(worker_model.weight, source.weight)
 
 
+def test_a_worker_reading_through_a_plain_mptransport_acknowledges_what_it_applies():
+    """TorchRL parity: ``init_on_worker(pipe=...)``, weights from a plain ``MPTransport(pipe)``
+    (not the scheme's ``create_transport``), applied with ``get_receiver().apply_weights``:
+    the trainer's ``send_weights`` returns, twice in a row (each version acknowledged once)."""
+    trainer_end, worker_end = mp.Pipe()
+    scheme = MultiProcessWeightSyncScheme(timeout=5.0)
+    worker_model = nn.Linear(3, 2)
+    scheme.init_on_worker("policy", pipe=worker_end, model=worker_model)
+    trainer = MPTransport(trainer_end, timeout=5.0)
+    for bias in (1.0, 2.0):
+        source = nn.Linear(3, 2)
+        nn.init.constant_(source.bias, bias)
+        sender = threading.Thread(
+            target=trainer.send_weights,
+            args=("policy", WeightStrategy("state_dict").extract_weights(source)),
+        )
+        sender.start()
+        _, weights = MPTransport(worker_end).receive_weights(timeout=5.0)
+        scheme.get_receiver().apply_weights(weights)
+        sender.join(timeout=10.0)
+        assert not sender.is_alive()
+        assert torch.equal(worker_model.bias, source.bias)
+    assert not trainer_end.poll(0.1)  # no second, unasked acknowledgement
+
+
+def test_init_refuses_an_unknown_keyword_at_once_naming_the_accepted_ones():
+    trainer_end, worker_end = mp.Pipe()
+    scheme = MultiProcessWeightSyncScheme()
+    with pytest.raises(
+        TypeError,
+        match=r"\['pipe'\]; it accepts \['ctx', 'device_map_fn', 'devices', 'model', "
+        r"'num_workers', 'params_map', 'pipes', 'weights'\]",
+    ):
+        scheme.init_on_sender("policy", model=nn.Linear(3, 2), pipe=trainer_end)
+    assert scheme.role is None  # nothing was set up
+    with pytest.raises(
+        TypeError, match=r"\['modle'\]; it accepts \['model', 'pipe', 'worker_id', 'worker_idx'\]"
+    ):
+        scheme.init_on_receiver("policy", modle=nn.Linear(3, 2), pipe=worker_end)
+    with pytest.raises(TypeError, match=r"\['bind', 'model', 'pipe', 'worker_id', 'worker_idx'\]"):
+        DistributedWeightSyncScheme().init_on_receiver("policy", worker=1)
+    NoWeightSyncScheme().init_on_sender("policy", anything=1)  # the reference API: ignored
+    trainer_end.close()
+    worker_end.close()
+
+
+def test_shared_mem_policy_weights_map_model_ids_to_tensordicts():
+    """TorchRL's ``policy_weights={model_id: TensorDict}`` registers each model id: a legacy
+    transport without auto-registration publishes them."""
+    policy, critic = nn.Linear(3, 2), nn.Linear(2, 1)
+    weights = {
+        name: TensorDict.from_module(m) for name, m in (("policy", policy), ("critic", critic))
+    }
+    scheme = SharedMemWeightSyncScheme(policy_weights=weights, auto_register=False)
+    assert {k: id(v) for k, v in scheme.weights_by_model.items()} == {
+        k: id(v) for k, v in weights.items()
+    }
+    transport = scheme.create_transport(None)
+    try:
+        transport.send_weights("critic", TensorDict.from_module(critic))
+        assert set(transport.rings) == {"critic"}
+    finally:
+        transport.close()
+    own = TensorDict.from_module(policy)  # one model's own weights, as before
+    assert SharedMemWeightSyncScheme(policy_weights=own).weights_by_model[None] is own
+
+
 def test_legacy_trainer_side_transport_names_the_worker_when_it_times_out():
     trainer_end, worker_end = mp.Pipe()
     with pytest.raises(SyncTimeoutError, match=r"^the worker did not acknowledge"):
@@ -167,7 +239,9 @@ def test_the_collector_protocol_with_spawned_workers(backend, procs):
     def ask_all() -> list:
         for ctl, _ in controls:
             ctl.send("report")
-        return [ctl.recv() if ctl.poll(60) else pytest.fail("worker silent") for ctl, _ in controls]
+        return [
+            ctl.recv() if ctl.poll(REPLY_S) else pytest.fail("worker silent") for ctl, _ in controls
+        ]
 
     initial = {k: v.clone() for k, v in policy.state_dict().items()}
     for state, version, policy_version in ask_all():

@@ -5,42 +5,68 @@ boundary) with a transport (how bytes move): it resolves the model, builds the t
 (a :class:`~weightsync.transports.base.SenderTransport` on the trainer, a
 :class:`~weightsync.transports.base.ReceiverTransport` in each worker), hands them to the
 endpoints and delegates its lifecycle calls to them. Concrete schemes differ only in the
-transports they build; everything else lives here, once. TorchRL's legacy calls come from
-:class:`~weightsync.legacy.LegacySchemeAPI`, what TorchRL's collectors call from
-:class:`~weightsync.torchrl.TorchRLSchemeMixin`.
+transports they build; everything else lives here, once.
 
 Lifecycle, as in TorchRL's ``torchrl.weight_update``:
 
 * trainer: ``init_on_sender(model_id, model=..., pipes=[...])`` then ``connect()`` (hands the
   initial weights to every worker and waits for them), then ``send()`` per update;
-* worker: ``init_on_receiver(model_id, model=..., pipe=...)`` (alias ``init_on_worker``) then
-  ``connect()``, then ``receive()`` whenever it may pick up new weights;
+* worker: ``init_on_receiver(model_id, model=..., pipe=...)`` then ``connect()``, then
+  ``receive()`` whenever it may pick up new weights;
 * both: ``shutdown()``. A scheme initialised on the trainer pickles to a spawned worker without its
   runtime state (pipes, buffers, the model), which ``init_on_receiver`` rebuilds there.
+
+Two seams let a compatibility layer drive a scheme without the scheme knowing it (TorchRL's
+collectors and older calls use them, from :mod:`weightsync.torchrl` and :mod:`weightsync.legacy`):
+:meth:`WeightSyncScheme.accept_keywords` adds keywords the init calls take, and a
+:class:`SchemeSession` set on :attr:`WeightSyncScheme.session` is told of each lifecycle step.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Protocol
 
 from weightsync.endpoints import WeightReceiver, WeightSender
-from weightsync.legacy import LegacySchemeAPI
 from weightsync.lifetime import close_at_exit, closed
 from weightsync.sources import resolve_model
-from weightsync.strategy import WeightFormat, WeightStrategy
+from weightsync.strategy import DEFAULT_FORMAT, WeightFormat, WeightStrategy
 from weightsync.timeouts import check_timeout
-from weightsync.torchrl import TorchRLSchemeMixin, canonical_backend
 from weightsync.transports.base import ReceiverTransport, SenderTransport
 
-_RUNTIME = (
-    "_context", "_model", "_sender", "_receiver", "_transport", "_pipes", "_pipe",
-    "_legacy_link", "_synchronized", "_receiving",
-)  # fmt: skip
+Role = Literal["sender", "receiver"]
+
+#: Turns keywords a compatibility layer added into the scheme's own: called as
+#: ``adapt(scheme, model_id, context, kwargs)``, returns the keywords left for the scheme.
+KeywordAdapter = Callable[["WeightSyncScheme", str, Any, dict[str, Any]], dict[str, Any]]
+
+_RUNTIME = ("_context", "_model", "_sender", "_receiver", "_transport", "_pipes", "_pipe")
 
 
-class WeightSyncScheme(LegacySchemeAPI, TorchRLSchemeMixin, ABC):
+class SchemeSession(Protocol):
+    """Something that drives a scheme from outside (a TorchRL collector) and must hear of its
+    lifecycle. Set as :attr:`WeightSyncScheme.session`, it is pickled with the scheme (to the
+    workers) and told:"""
+
+    def endpoint_options(self, scheme: WeightSyncScheme, role: Role) -> dict[str, Any]:
+        """Constructor arguments of the scheme's endpoint of ``role`` that it overrides."""
+
+    def initialised(self, scheme: WeightSyncScheme) -> None:
+        """``init_on_sender`` or ``init_on_receiver`` has set the scheme up."""
+
+    def connected(self, scheme: WeightSyncScheme) -> None:
+        """``connect()`` has returned on this side."""
+
+    def context_changed(self, scheme: WeightSyncScheme) -> None:
+        """The scheme's :attr:`~WeightSyncScheme.context` was replaced."""
+
+    def close(self, scheme: WeightSyncScheme) -> None:
+        """``shutdown()``: release what the session holds."""
+
+
+class WeightSyncScheme(ABC):
     """Base class of every scheme; ``WeightSyncScheme.from_backend(name)`` builds one by name.
 
     Args:
@@ -52,24 +78,38 @@ class WeightSyncScheme(LegacySchemeAPI, TorchRLSchemeMixin, ABC):
             tensor at a time. Only CPU models are bound; a model moved later is copied per tensor.
         sync: whether ``send`` also waits until every worker holds the new version (TorchRL's
             ``sync``; it matters for shared-mem, whose send otherwise returns once published).
-            None: only when a TorchRL collector drives the scheme.
+            None: as the :attr:`session` driving the scheme asks (a TorchRL collector: wait),
+            else no.
         materialize_meta: let a worker whose model is on the ``meta`` device give it CPU storage
-            at the first update (set by a TorchRL collector, which sends such models); otherwise
-            such an update is refused with an error saying so.
+            at the first update (a TorchRL collector sends such models, and asks for it);
+            otherwise such an update is refused with an error saying so.
     """
 
-    backend: ClassVar[str]
+    #: The name ``from_backend`` knows the scheme by (``"pipe"``, ``"shared-mem"``, ...).
+    backend_name: ClassVar[str]
     _backends: ClassVar[dict[str, type[WeightSyncScheme]]] = {}
+    _aliases: ClassVar[dict[str, str]] = {}
+    _adapters: ClassVar[dict[Role, list[tuple[tuple[str, ...], KeywordAdapter]]]] = {
+        "sender": [],
+        "receiver": [],
+    }
+    #: The keywords ``init_on_sender`` / ``init_on_receiver`` take (a scheme adds its own).
+    #: ``worker_id=`` (the worker's index) is taken by every scheme, so that code written for
+    #: any scheme can pass it: the distributed scheme needs it, the others know it from the pipe.
+    sender_keywords: ClassVar[tuple[str, ...]] = ("model", "pipes", "num_workers")
+    receiver_keywords: ClassVar[tuple[str, ...]] = ("model", "pipe", "worker_id")
+    #: Drop keywords no one takes instead of refusing them (the reference API's ``none`` scheme).
+    ignores_unknown_keywords: ClassVar[bool] = False
 
     def __init_subclass__(cls, backend: str | None = None, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         if backend is not None:
-            cls.backend = backend
+            cls.backend_name = backend
             WeightSyncScheme._backends[backend] = cls
 
     def __init__(
         self,
-        strategy: WeightFormat = "state_dict",
+        strategy: WeightFormat = DEFAULT_FORMAT,
         *,
         timeout: float = 10.0,
         reject_non_finite: bool = False,
@@ -84,7 +124,9 @@ class WeightSyncScheme(LegacySchemeAPI, TorchRLSchemeMixin, ABC):
         self.reject_non_finite = reject_non_finite
         self.bind_source = bind_source
         self.model_id: str | None = None
-        self.role: str | None = None  # "sender" or "receiver" once initialised
+        self.role: Role | None = None  # once initialised
+        #: What drives this scheme from outside, if anything (see :class:`SchemeSession`).
+        self.session: SchemeSession | None = None
         self._reset_runtime()
 
     def _reset_runtime(self) -> None:
@@ -95,9 +137,8 @@ class WeightSyncScheme(LegacySchemeAPI, TorchRLSchemeMixin, ABC):
         self._transport: SenderTransport | ReceiverTransport | None = None
         self._pipes: list | None = None
         self._pipe: Any = None
-        self._legacy_link: Any = None  # the transport of the legacy create_transport(), if any
-        self._synchronized = False  # connect() done (TorchRL's synchronized_on_* properties)
-        self._receiving: Any = None  # a collector worker's receiving thread and its lock
+        #: Whether ``connect()`` has returned on this side (TorchRL's ``synchronized_on_*``).
+        self.connected = False
 
     def __repr__(self) -> str:
         return (
@@ -109,20 +150,59 @@ class WeightSyncScheme(LegacySchemeAPI, TorchRLSchemeMixin, ABC):
         state = dict(self.__dict__)
         for key in _RUNTIME:
             state[key] = None
-        state["role"] = None
+        state.update(role=None, connected=False)
         return state
+
+    # ----------------------------------------------------------------------- extension seams
+    @classmethod
+    def accept_keywords(cls, role: Role, names: tuple[str, ...], adapt: KeywordAdapter) -> None:
+        """Let every scheme's ``init_on_<role>`` take the keywords ``names``: before the scheme
+        reads its keywords, ``adapt(scheme, model_id, context, kwargs)`` turns them into its own
+        (it runs at every init, given or not). For a compatibility layer (TorchRL's ``ctx=``)."""
+        WeightSyncScheme._adapters[role].append((tuple(names), adapt))
+
+    @classmethod
+    def add_alias(cls, alias: str, backend: str) -> None:
+        """Let ``from_backend(alias)`` build the scheme registered as ``backend``."""
+        WeightSyncScheme._aliases[alias] = backend
+
+    @property
+    def model(self) -> Any:
+        """The model this side sends from or receives into."""
+        return self._model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        # (TorchRL's worker re-points this at the policy its collector runs.) The endpoint uses
+        # the new model from its next update on.
+        self._model = model
+        for endpoint in (self._sender, self._receiver):
+            if endpoint is not None:
+                endpoint.model = model
+
+    @property
+    def context(self) -> Any:
+        """The object model ids resolve on (TorchRL: the collector)."""
+        return self._context
+
+    @context.setter
+    def context(self, context: Any) -> None:
+        self._context = context
+        if self.session is not None:
+            self.session.context_changed(self)
 
     # --------------------------------------------------------------------------------- factory
     @classmethod
     def from_backend(cls, name: str, **kwargs: Any) -> WeightSyncScheme:
         """Build a scheme by its backend name: ``"none"``, ``"pipe"``, ``"shared-mem"`` or
-        ``"distributed"``; TorchRL's names (``"shared"``, ``"process"``, ...) are accepted too."""
+        ``"distributed"``, or an alias of one (TorchRL's ``"shared"``, ``"process"``, ...)."""
         try:
-            scheme_cls = WeightSyncScheme._backends[canonical_backend(name)]
+            scheme_cls = WeightSyncScheme._backends[WeightSyncScheme._aliases.get(name, name)]
         except KeyError:
             raise ValueError(
                 f"unknown weight-sync backend {name!r}; available: "
-                f"{sorted(WeightSyncScheme._backends)} (or TorchRL's aliases of them)"
+                f"{sorted(WeightSyncScheme._backends)} (or the aliases "
+                f"{sorted(WeightSyncScheme._aliases)})"
             ) from None
         return scheme_cls(**kwargs)
 
@@ -132,36 +212,61 @@ class WeightSyncScheme(LegacySchemeAPI, TorchRLSchemeMixin, ABC):
 
         The model and the pipes come from ``kwargs`` (``model=``, ``pipes=``, ``num_workers=``)
         or from ``context`` (``context.get_model(model_id)`` or the path ``model_id`` on it,
-        ``context.pipes``, ``context.num_workers``). TorchRL's collectors pass ``ctx=`` (see
-        :mod:`weightsync.torchrl`).
+        ``context.pipes``, ``context.num_workers``). An unknown keyword is a TypeError naming
+        the accepted ones.
         """
-        kwargs = self._torchrl_sender_kwargs(model_id, context, kwargs)
+        kwargs = self._own_keywords("sender", model_id, context, kwargs)
         self.model_id = model_id
         self._context = context
-        self._model = kwargs.get("model")
-        if self._model is None and context is not None:
-            self._model = resolve_model(context, model_id)
+        self._model = self._find_model(model_id, context, kwargs.get("model"))
         self._pipes = kwargs.get("pipes", getattr(context, "pipes", None))
         self._transport = self._build_sender_transport(
             self._pipes, kwargs.get("num_workers", getattr(context, "num_workers", None))
         )
         close_at_exit(self._transport)  # workers exit even if shutdown() is never called
-        self._sender = self._new_sender()
+        self._sender = WeightSender(**self.endpoint_options("sender"))
         self.role = "sender"
+        if self.session is not None:
+            self.session.initialised(self)
 
     def init_on_receiver(self, model_id: str, context: Any = None, **kwargs: Any) -> None:
-        """Set up one worker's side (local only): its model (``model=``) and pipe (``pipe=``);
-        TorchRL's collectors pass ``worker_idx=`` and no pipe (see :mod:`weightsync.torchrl`)."""
-        kwargs = self._torchrl_receiver_kwargs(context, kwargs)
+        """Set up one worker's side (local only): its model (``model=``, or resolved on
+        ``context``) and pipe (``pipe=`` or ``context.pipe``). An unknown keyword is a
+        TypeError naming the accepted ones."""
+        kwargs = self._own_keywords("receiver", model_id, context, kwargs)
         self.model_id = model_id
         self._context = context
-        self._model = kwargs.get("model")
-        if self._model is None and context is not None:
-            self._model = resolve_model(context, model_id)
+        self._model = self._find_model(model_id, context, kwargs.get("model"))
         self._pipe = kwargs.get("pipe", getattr(context, "pipe", None))
         self._transport = self._build_receiver_transport(self._pipe)
-        self._receiver = self._new_receiver()
+        self._receiver = WeightReceiver(**self.endpoint_options("receiver"))
         self.role = "receiver"
+        if self.session is not None:
+            self.session.initialised(self)
+
+    def _own_keywords(
+        self, role: Role, model_id: str, context: Any, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``kwargs`` once the added keywords are adapted; TypeError for one nobody takes."""
+        accepted = list(self.sender_keywords if role == "sender" else self.receiver_keywords)
+        for names, adapt in WeightSyncScheme._adapters[role]:
+            kwargs = adapt(self, model_id, context, dict(kwargs))
+            accepted += names
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown and self.ignores_unknown_keywords:
+            return {k: v for k, v in kwargs.items() if k not in unknown}
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}.init_on_{role}() got unexpected keyword(s) {unknown}; "
+                f"it accepts {sorted(set(accepted))} (and context=)"
+            )
+        return kwargs
+
+    def _find_model(self, model_id: str, context: Any, model: Any) -> Any:
+        """``model``, else the model ``model_id`` names on ``context`` (None without one)."""
+        if model is None and context is not None:
+            return resolve_model(context, model_id)
+        return model
 
     @abstractmethod
     def _build_sender_transport(
@@ -173,39 +278,30 @@ class WeightSyncScheme(LegacySchemeAPI, TorchRLSchemeMixin, ABC):
     def _build_receiver_transport(self, pipe: Any) -> ReceiverTransport:
         """The worker-side transport."""
 
-    @abstractmethod
-    def _legacy_transport(self, pipe: Any) -> Any:
-        """The message-level transport of TorchRL's ``create_transport(pipe)``."""
-
-    def endpoint_options(self, role: str) -> dict[str, Any]:
+    def endpoint_options(self, role: Role) -> dict[str, Any]:
         """The constructor arguments of this scheme's ``"sender"`` or ``"receiver"`` (what
-        ``WeightSender(scheme)``, TorchRL's legacy form, is built from)."""
+        ``WeightSender(scheme)``, the reference API's form, is built from)."""
         if self._transport is None:
             call = "init_on_sender()" if role == "sender" else "init_on_worker()"
             raise RuntimeError(f"{type(self).__name__} has no transport yet: call {call} first")
-        common = {"model": self._model, "strategy": self.strategy}
-        common.update(self._torchrl_endpoint_options(role))
-        if role == "receiver":
-            return {
-                "model_id": self.model_id,
-                "transport": self._transport,
-                "legacy_link": self._legacy_link,
-                **common,
-            }
-        return {
+        options: dict[str, Any] = {
             "model_id": self.model_id,
             "transport": self._transport,
-            "context": self._context,
-            "reject_non_finite": self.reject_non_finite,
-            "bind_source": self.bind_source,
-            **common,
+            "model": self._model,
+            "strategy": self.strategy,
         }
-
-    def _new_sender(self) -> WeightSender:
-        return WeightSender(**self.endpoint_options("sender"))
-
-    def _new_receiver(self) -> WeightReceiver:
-        return WeightReceiver(**self.endpoint_options("receiver"))
+        if role == "sender":
+            options.update(
+                context=self._context,
+                reject_non_finite=self.reject_non_finite,
+                bind_source=self.bind_source,
+                adoption_timeout=self.timeout if self.sync else None,
+            )
+        else:
+            options.update(materialize_meta=self.materialize_meta)
+        if self.session is not None:
+            options.update(self.session.endpoint_options(self, role))
+        return options
 
     # ------------------------------------------------------------------------------ endpoints
     def get_sender(self) -> WeightSender:
@@ -244,7 +340,9 @@ class WeightSyncScheme(LegacySchemeAPI, TorchRLSchemeMixin, ABC):
             self.get_sender().connect(timeout, weights)
         else:
             self.get_receiver().connect(self.timeout if timeout is None else timeout)
-        self._torchrl_after_connect()
+        self.connected = True
+        if self.session is not None:
+            self.session.connected(self)
 
     def send(self, weights: Any = None, worker_ids: int | list[int] | None = None) -> None:
         """Send new weights to the workers (blocking); see :meth:`WeightSender.send`."""
@@ -273,7 +371,9 @@ class WeightSyncScheme(LegacySchemeAPI, TorchRLSchemeMixin, ABC):
 
     def shutdown(self) -> None:
         """Release pipes, buffers and threads; the scheme can be initialised again after."""
-        self._torchrl_shutdown()
+        if self.session is not None:
+            self.session.close(self)
+            self.session = None
         if self._transport is not None:
             self._transport.close()
             closed(self._transport)

@@ -9,6 +9,7 @@ from torch import nn
 
 from weightsync.launch import LaunchInfo
 from weightsync.schemes.base import WeightSyncScheme
+from weightsync.strategy import DEFAULT_FORMAT, WeightFormat
 from weightsync.transports.c10d import nccl_usable
 from weightsync.transports.distributed import DistributedReceiver, DistributedSender
 
@@ -59,12 +60,14 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         scheme.connect()
     """
 
+    receiver_keywords = (*WeightSyncScheme.receiver_keywords, "bind")
+
     def __init__(
         self,
         num_workers: int = 1,
         host: str | None = "127.0.0.1",
         port: int | None = 0,
-        strategy: str = "state_dict",
+        strategy: WeightFormat = DEFAULT_FORMAT,
         *,
         bind: str | None = None,
         join_timeout: float | None = None,
@@ -79,7 +82,7 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
                 f"DistributedWeightSyncScheme: backend={backend!r} is not one of None (NCCL for "
                 "GPU weights where available), 'nccl' or 'gloo'"
             )
-        self.distributed_backend = backend
+        self.backend = backend
         self.num_workers = num_workers
         self.host = host or "127.0.0.1"
         self.port = port or 0
@@ -128,9 +131,9 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
 
     def _use_nccl(self) -> bool:
         """Whether GPU weights may cross over NCCL from/to this process."""
-        if self.distributed_backend == "gloo":
+        if self.backend == "gloo":
             return False
-        if self.distributed_backend == "nccl" and not nccl_usable():
+        if self.backend == "nccl" and not nccl_usable():
             raise RuntimeError(
                 "DistributedWeightSyncScheme(backend='nccl'): this process has no CUDA device or "
                 "its torch has no NCCL; use backend=None (NCCL where available) or 'gloo'"
@@ -167,9 +170,6 @@ class DistributedWeightSyncScheme(WeightSyncScheme, backend="distributed"):
         )  # fmt: skip
         transport.model_id = self.model_id
         return transport
-
-    def _legacy_transport(self, pipe: Any) -> DistributedSender:
-        return self._build_sender_transport(None, None)
 
     def connect(self, timeout: float | None = None) -> None:
         """Trainer: wait until every worker joined, then send the initial weights. Worker:

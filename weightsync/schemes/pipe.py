@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from weightsync.schemes.base import WeightSyncScheme
-from weightsync.transports.pipe import MPTransport, PipeBroadcast, PipeReader
+from weightsync.transports.pipe import PipeBroadcast, PipeReader
 
 
 class MultiProcessWeightSyncScheme(WeightSyncScheme, backend="pipe"):
@@ -40,6 +40,3 @@ class MultiProcessWeightSyncScheme(WeightSyncScheme, backend="pipe"):
                 "or a context with a .pipe attribute"
             )
         return PipeReader(pipe, self.timeout)
-
-    def _legacy_transport(self, pipe: Any) -> MPTransport:
-        return MPTransport(pipe, self.timeout)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tensordict import TensorDictBase
+
 from weightsync.schemes.base import WeightSyncScheme
 from weightsync.strategy import WeightFormat
 from weightsync.transports.shared_mem import SharedMemReader, SharedMemTransport
@@ -18,7 +20,8 @@ class SharedMemWeightSyncScheme(WeightSyncScheme, backend="shared-mem"):
     handles cross each worker's pipe once; after that no weight byte goes through a pipe.
 
     Args:
-        policy_weights: optional weights to register the model with (default: the model's own).
+        policy_weights: optional weights to register the model with (default: the model's own),
+            or TorchRL's ``{model_id: TensorDict}``, which registers each model id's weights.
         strategy: the weight format at the API boundary.
         auto_register: create the shared buffers on the first send (else call
             :meth:`register_shared_weights` first).
@@ -67,7 +70,12 @@ class SharedMemWeightSyncScheme(WeightSyncScheme, backend="shared-mem"):
                 "the shared-mem scheme hands its buffers to workers over one pipe each: "
                 "init_on_sender(model_id, pipes=[...]) or a context with a .pipes attribute"
             )
-        transport = self._new_transport()
+        transport = SharedMemTransport(
+            self.weights_by_model,
+            self.auto_register,
+            num_buffers=self.num_buffers,
+            timeout=self.timeout,
+        )
         for pipe in pipes:
             transport.register_pipe(pipe)
         return transport
@@ -80,17 +88,20 @@ class SharedMemWeightSyncScheme(WeightSyncScheme, backend="shared-mem"):
             )
         return SharedMemReader(pipe, self.timeout)
 
-    def _new_transport(self) -> SharedMemTransport:
-        initial = {} if self.policy_weights is None else {self.model_id: self.policy_weights}
-        return SharedMemTransport(
-            initial, self.auto_register, num_buffers=self.num_buffers, timeout=self.timeout
-        )
-
-    def _legacy_transport(self, pipe: Any) -> SharedMemTransport:
-        transport = self._new_transport()
-        if pipe is not None:
-            transport.register_pipe(pipe)
-        return transport
+    @property
+    def weights_by_model(self) -> dict[str, Any]:
+        """``policy_weights`` as ``{model_id: weights}``: TorchRL's mapping of model ids to
+        TensorDicts as it is, other weights as this scheme's model's (empty without any)."""
+        weights = self.policy_weights
+        if weights is None:
+            return {}
+        if (
+            isinstance(weights, dict)
+            and len(weights)
+            and all(isinstance(w, TensorDictBase) for w in weights.values())
+        ):
+            return dict(weights)
+        return {self.model_id: weights}
 
     def register_shared_weights(self, model_id: str, weights: Any) -> None:
         """Create the shared buffers for ``model_id`` now and hand them to the workers."""

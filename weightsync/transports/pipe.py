@@ -45,6 +45,11 @@ from weightsync.weights import FlatWeights
 
 WEIGHTS, ACK, ERROR, CLOSE, HELLO = "weights", "ack", "error", "close", "hello"
 
+#: Per worker-side pipe, the ``(model_id, version)`` received on it and not answered yet. It
+#: belongs to the pipe, not to one ``MPTransport`` over it: a legacy worker may read with one
+#: and acknowledge (``WeightReceiver.apply_weights``) through another.
+_unanswered: weakref.WeakKeyDictionary[Connection, tuple[str, int]] = weakref.WeakKeyDictionary()
+
 
 def _watch_process(pid: int) -> int | None:
     """A pidfd of process ``pid`` (readable once it has exited), or None where the system
@@ -96,7 +101,6 @@ class MPTransport:
         self._next_version = 0
         self._awaiting: tuple[str, int] | None = None  # (model_id, version) sent, not yet acked
         self.last_received: tuple[str, int] | None = None  # (model_id, version) on the worker
-        self._unanswered = False  # the worker has not answered last_received yet
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(peer={self.peer!r}, timeout={self.timeout})"
@@ -182,8 +186,7 @@ class MPTransport:
         if kind == CLOSE:
             self.closed = True
             return None
-        self.last_received = (model_id, version)
-        self._unanswered = True
+        self.last_received = _unanswered[self.pipe] = (model_id, version)
         return model_id, payload
 
     def send_ack(self, message: str = "updated") -> None:
@@ -191,10 +194,11 @@ class MPTransport:
         self._answer(ACK, message)
 
     def acknowledge_pending(self, message: str = "updated") -> bool:
-        """Acknowledge the last received weights unless already answered; True if it did.
-        A worker written to the legacy API applies what ``receive_weights`` returned with
-        ``WeightReceiver.apply_weights``, which answers through this."""
-        if not self._unanswered:
+        """Acknowledge the last weights received on this pipe (by any ``MPTransport`` over it)
+        unless already answered; True if it did. A worker written to the legacy API applies
+        what ``receive_weights`` returned with ``WeightReceiver.apply_weights``, which answers
+        through this."""
+        if self.pipe not in _unanswered:
             return False
         self.send_ack(message)
         return True
@@ -204,8 +208,8 @@ class MPTransport:
         self._answer(ERROR, reason)
 
     def _answer(self, kind: str, payload: str) -> None:
-        model_id, version = self.last_received or ("", 0)
-        self._unanswered = False
+        pending = _unanswered.pop(self.pipe, None)
+        model_id, version = self.last_received or pending or ("", 0)
         try:
             self._send((kind, model_id, version, payload), model_id, version)
         except PeerDiedError:

@@ -317,6 +317,7 @@ class SharedMemTransport:
                 f"select a subset (got {worker_ids}). Use the pipe scheme to update chosen workers."
             )
         self._raise_for_dead_workers(model_id, version)
+        created_with_this_version = False
         if model_id not in self.rings:
             weights_0 = self._initial.pop(model_id, None)
             if not self.auto_register and weights_0 is None:
@@ -326,6 +327,7 @@ class SharedMemTransport:
                 )
             if weights_0 is None:  # registered with the weights of this send: its version
                 self._create_ring(model_id, weights, version)
+                created_with_this_version = True
             else:
                 self._create_ring(model_id, weights_0, 0)
         # Workers that refused the buffers, or did not answer in time, are named once the
@@ -339,14 +341,19 @@ class SharedMemTransport:
             raise WeightMismatchError(
                 model_id, ["(vs. the registered model) " + p for p in buffer_problems]
             )
-        index = self._wait_for_free_buffer(model_id, ring, version)
-        # The extra state is written here, not in the background: a state that outgrew its room
-        # is refused before the send is under way (and before it spends a version).
-        ring.buffers[index].write_extra(weights.extra)
-        self._executor = self._executor or ThreadPoolExecutor(1, thread_name_prefix="weightsync")
-        self._pending = self._executor.submit(
-            self._write_and_publish, ring, index, version, weights, source
-        )
+        # A ring created with this send's weights already holds them, published: a second copy
+        # would take a buffer that no worker ever reads (and, with num_buffers=2, the last one).
+        if not created_with_this_version:
+            index = self._wait_for_free_buffer(model_id, ring, version)
+            # The extra state is written here, not in the background: a state that outgrew its
+            # room is refused before the send is under way (and before it spends a version).
+            ring.buffers[index].write_extra(weights.extra)
+            self._executor = self._executor or ThreadPoolExecutor(
+                1, thread_name_prefix="weightsync"
+            )
+            self._pending = self._executor.submit(
+                self._write_and_publish, ring, index, version, weights, source
+            )
         refused_version, refused = self._take_refusals(model_id)  # of versions published before
         if isinstance(failure, WorkerRejectedError):  # the buffers, now: one error for both
             failure = WorkerRejectedError(model_id, version, refused | failure.rejections)
