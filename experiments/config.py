@@ -15,6 +15,7 @@ Defaults have one source (``experiments/common/config.py``): the constructor of 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,7 +27,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from experiments.common.config import ConfigError, from_constructor, plain
 from experiments.common.schemes import StrategyConfig
-from experiments.learner import PPOLearner
+from experiments.correction import Correction
+from experiments.learner import ImpalaLearner, PPOLearner
 from experiments.workload import check_model_fits, env_spaces
 
 MAX_SHARED_MEM_BUFFERS = 64  # weightsync's shared-memory ring indexes its snapshots in 6 bits
@@ -42,9 +44,14 @@ class Device(str, Enum):
     auto = "auto"
 
 
-# Functional form: "continue" is a keyword, and OmegaConf matches config values to member names.
+# Functional form: "continue" and "async" are keywords, and OmegaConf matches config values to
+# member names.
 OnWorkerFailure = Enum("OnWorkerFailure", {"stop": "stop", "continue": "continue"}, type=str)
 OnWorkerFailure.__doc__ = "What the trainer does when a worker dies: stop the run, or go on."
+Mode = Enum("Mode", {"sync": "sync", "async": "async"}, type=str)
+Mode.__doc__ = "sync: workers collect one rollout per update; async: they never wait."
+OnStale = Enum("OnStale", {"drop": "drop", "downweight": "downweight"}, type=str)
+OnStale.__doc__ = "What happens to a rollout older than run.max_staleness."
 
 
 class Objective(str, Enum):
@@ -67,20 +74,33 @@ class DeviceConfig:
     worker: Device = MISSING
 
 
-@dataclass
-class LearnerConfig:
-    """The policy-gradient learner; the policy is passed in when it is built."""
+LEARNER_SCHEMA_GROUP = "learner_schema"
+#: What every learner takes (besides the model and the seed), with its type.
+LEARNER_ARGUMENTS = {
+    "lr": float, "gamma": float, "gae_lambda": float, "ent_coef": float, "vf_coef": float,
+    "epochs": int, "minibatches": int, "max_grad_norm": float, "correction": Correction,
+    "rho_bar": float, "c_bar": float,
+}  # fmt: skip
 
-    _target_: str = "experiments.learner.PPOLearner"
-    lr: float = from_constructor(PPOLearner, "lr")
-    gamma: float = from_constructor(PPOLearner, "gamma")
-    gae_lambda: float = from_constructor(PPOLearner, "gae_lambda")
-    clip_coef: float = from_constructor(PPOLearner, "clip_coef")
-    ent_coef: float = from_constructor(PPOLearner, "ent_coef")
-    vf_coef: float = from_constructor(PPOLearner, "vf_coef")
-    epochs: int = from_constructor(PPOLearner, "epochs")
-    minibatches: int = from_constructor(PPOLearner, "minibatches")
-    max_grad_norm: float = from_constructor(PPOLearner, "max_grad_norm")
+
+def learner_schema(name: str, learner: type, **extra: type) -> type:
+    """Register the schema of option ``name`` of the ``learner`` group as
+    ``learner_schema/<name>`` (``conf/learner/<name>.yaml`` extends it): a dataclass whose
+    ``_target_`` is ``learner`` and whose fields are :data:`LEARNER_ARGUMENTS` and ``extra``,
+    each defaulting to ``learner``'s constructor (one source of defaults)."""
+    fields: list[tuple[str, Any, Any]] = [
+        ("_target_", str, dataclasses.field(default=f"{learner.__module__}.{learner.__name__}"))
+    ]
+    for key, kind in (LEARNER_ARGUMENTS | extra).items():
+        convert = kind if isinstance(kind, type) and issubclass(kind, Enum) else None
+        fields.append((key, kind, from_constructor(learner, key, convert)))
+    schema = dataclasses.make_dataclass(f"{learner.__name__}Config", fields)
+    ConfigStore.instance().store(group=LEARNER_SCHEMA_GROUP, name=name, node=schema)
+    return schema
+
+
+PPOConfig = learner_schema("ppo", PPOLearner, clip_coef=float)
+ImpalaConfig = learner_schema("impala", ImpalaLearner)
 
 
 @dataclass
@@ -91,6 +111,9 @@ class RunConfig:
     total_frames: int = MISSING  # set by the experiment preset
     rollout_steps: int = 128  # steps per environment in one rollout
     sync_every: int = 1  # push weights every this many updates
+    mode: Mode = Mode.sync  # or async: workers act continuously, the learner takes what arrives
+    max_staleness: int | None = None  # rollouts more versions old are dropped/down-weighted
+    on_stale: OnStale = OnStale.drop  # or downweight: (K + 1) / (staleness + 1)
     on_worker_failure: OnWorkerFailure = OnWorkerFailure.stop  # or continue, with the survivors
     log_every: int = 10  # iterations between progress lines
     torch_threads: int = 1  # intra-op threads per process; 2 workers + trainer share 2 cores
@@ -109,7 +132,7 @@ class Config:
     model: Any = MISSING  # each model option brings its own schema (experiments/workload.py)
     env: Any = MISSING  # and so does each env option
     device: DeviceConfig = field(default_factory=DeviceConfig)
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    learner: Any = MISSING  # each learner option brings its own schema
     run: RunConfig = field(default_factory=RunConfig)
     logger: dict[str, Any] = field(default_factory=dict)  # name -> a _target_ logger config
 
@@ -160,10 +183,13 @@ def validate(cfg: DictConfig) -> None:
         "run.startup_timeout": run.startup_timeout,
         "run.rollout_timeout": run.rollout_timeout,
         "learner.lr": learner.lr,
+        "learner.rho_bar": learner.rho_bar,
+        "learner.c_bar": learner.c_bar,
     }
     for key, value in positive.items():
         if not value > 0 or not math.isfinite(value):
             raise ConfigError(f"{key}={value} is not allowed: it must be a finite number > 0.")
+    _check_staleness_bound(cfg)
     num_buffers = cfg.sync.get("num_buffers")
     if num_buffers is not None and not 2 <= num_buffers <= MAX_SHARED_MEM_BUFFERS:
         raise ConfigError(
@@ -192,3 +218,32 @@ def validate(cfg: DictConfig) -> None:
             f"{frames_per_iteration}."
         )
     check_model_fits(cfg, env_spaces(cfg))
+
+
+def _check_staleness_bound(cfg: DictConfig) -> None:
+    """``run.max_staleness``: null or >= 0; under ``on_stale=drop`` one the run can keep."""
+    run = cfg.run
+    bound = run.max_staleness
+    if bound is None:
+        return
+    if bound < 0:
+        raise ConfigError(
+            f"run.max_staleness={bound} is not allowed: give the number of versions a rollout "
+            "may lag behind the learner (an integer >= 0), or null for no bound."
+        )
+    if OnStale(run.on_stale) is not OnStale.drop:
+        return
+    if cfg.sync._target_ == "weightsync.NoWeightSyncScheme":
+        raise ConfigError(
+            f"run.max_staleness={bound} with sync=none: the workers never get new weights, so "
+            "every rollout soon lags more and would be dropped for ever. Pick a scheme that "
+            "syncs, run.on_stale=downweight, or run.max_staleness=null."
+        )
+    if bound < run.sync_every - 1:
+        raise ConfigError(
+            f"run.max_staleness={bound} is less than run.sync_every - 1 = {run.sync_every - 1}: "
+            "between two syncs even the newest weights the workers can hold fall that far "
+            "behind, so every rollout would be dropped and the learner never update again. Set "
+            f"run.max_staleness >= {run.sync_every - 1}, sync more often, or "
+            "run.on_stale=downweight."
+        )

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +31,8 @@ from experiments.workers import WorkerLost, Workers
 from weightsync import WeightSyncScheme
 
 log = logging.getLogger(__name__)
+
+POLL_S = 0.05  # how long take() waits for a rollout before it looks for overdue workers
 
 
 class RunStopped(Exception):
@@ -60,6 +64,7 @@ class Crew:
         self.rollout_timeout = rollout_timeout
         self.on_worker_failure = on_worker_failure
         self.active: list[int] = []
+        self._requested: dict[int, deque[float]] = defaultdict(deque)  # when each was asked for
         self.sync = SyncStep(scheme, policy, on_failure=self.drop, before_send=self.drop_dead)
 
     def __enter__(self) -> Crew:
@@ -78,11 +83,51 @@ class Crew:
     # ------------------------------------------------------------------------------ commands
     def request_rollouts(self) -> None:
         """Ask every live worker for its next rollout (they collect in parallel)."""
-        self._each(lambda w: self.workers.send(w, Command.COLLECT))
+        self._each(self._request)
 
     def gather(self) -> list[TensorDict]:
         """The rollout each live worker was asked for, in worker order (survivors only)."""
-        return self._each(lambda w: self.workers.receive_rollout(w, self.rollout_timeout))
+        return self._each(self._receive)
+
+    def take(self, n: int) -> list[TensorDict]:
+        """The next ``n`` rollouts to arrive, from whichever workers deliver first; each worker
+        that delivers is at once asked for one more, so it never waits (``run.mode=async``).
+        A worker whose oldest request is ``rollout_timeout`` s old counts as lost."""
+        rollouts: list[TensorDict] = []
+        while len(rollouts) < n:
+            for w in self.workers.wait_any(self._asked(), POLL_S):
+                if w in self.active:  # not dropped meanwhile
+                    rollouts += self._each(self._receive, [w])
+                    self._each(self._request, [w])
+            now = time.monotonic()
+            for w in self._asked():
+                if now - self._requested[w][0] > self.rollout_timeout:
+                    self.drop([w], f"worker {w} did not deliver a rollout within "
+                                   f"{self.rollout_timeout:g} s")  # fmt: skip
+        return rollouts
+
+    def drain(self) -> int:
+        """Receive (and discard) every rollout asked for and not yet taken; how many."""
+        return sum(self._each(self._receive_all))
+
+    def _request(self, w: int) -> None:
+        self.workers.send(w, Command.COLLECT)
+        self._requested[w].append(time.monotonic())
+
+    def _receive(self, w: int) -> TensorDict:
+        rollout = self.workers.receive_rollout(w, self.rollout_timeout)
+        self._requested[w].popleft()
+        return rollout
+
+    def _receive_all(self, w: int) -> int:
+        count = len(self._requested[w])
+        while self._requested[w]:
+            self._receive(w)
+        return count
+
+    def _asked(self) -> list[int]:
+        """Live workers with rollouts asked for and not yet received."""
+        return [w for w in self.active if self._requested[w]]
 
     def report(self) -> dict[int, tuple[int, str]]:
         """``{worker: (weight version, weights checksum)}`` of every live worker."""
@@ -96,10 +141,11 @@ class Crew:
         self._each(ask)
         return reports
 
-    def _each(self, call: Callable[[int], Any]) -> list[Any]:
-        """``call(w)`` for every live worker, in order; a lost one goes to :meth:`drop`."""
+    def _each(self, call: Callable[[int], Any], workers: list[int] | None = None) -> list[Any]:
+        """``call(w)`` for every live worker (of ``workers``), in order; a lost one goes to
+        :meth:`drop`."""
         results = []
-        for w in list(self.active):
+        for w in list(self.active if workers is None else workers):
             try:
                 results.append(call(w))
             except WorkerLost as err:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -53,6 +55,7 @@ ROLLOUT_PORT_OFFSET = 2  # the rollout links' store: MASTER_PORT + 2
 #: Schemes that work across processes a launcher started (``none`` moves nothing at all).
 LAUNCHABLE = ("weightsync.DistributedWeightSyncScheme", "weightsync.NoWeightSyncScheme")
 TO_WORKER, TO_TRAINER = 1, 2  # gloo tags on a rollout link
+POLL_S = 0.002  # how often rank 0 looks for the first of several rollouts to arrive
 
 
 # A rollout link's header starts with a kind: a trainer's experiments.actor.Command (1-3), or
@@ -169,6 +172,7 @@ class RankPool:
         self.startup_timeout = startup_timeout
         self.bind = bind
         self.links: dict[int, Link] = {}
+        self._headers: dict[int, tuple[Any, torch.Tensor]] = {}  # posted header receives
 
     def start(self) -> dict[str, Any]:
         """Join every worker rank's link (all at once: ranks start in any order) and wait for
@@ -210,6 +214,14 @@ class RankPool:
             why = f"cannot be reached ({_first_line(err)})"
             raise WorkerLost(worker, f"worker {worker} (rank {worker + 1}) {why}") from None
 
+    def wait_any(self, workers: list[int], timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            arrived = [w for w in workers if self._arrived(w)]
+            if arrived or time.monotonic() >= deadline:
+                return arrived
+            time.sleep(POLL_S)
+
     def receive_rollout(self, worker: int, timeout: float) -> TensorDict:
         _, meta_len, nbytes, _ = self._header(worker, timeout, "deliver a rollout")
         meta = torch.empty(meta_len, dtype=torch.uint8)
@@ -234,15 +246,38 @@ class RankPool:
         """Nothing to end: every rank's process exits by itself once told STOP or once rank 0's
         process (and with it every link) is gone."""
 
+    def _arrived(self, w: int) -> bool:
+        try:
+            return self._posted_header(w)[0].is_completed()
+        except RuntimeError:
+            return True  # the link is broken: the receive that follows names the worker
+
+    def _posted_header(self, w: int) -> tuple[Any, torch.Tensor]:
+        """The receive of worker ``w``'s next header, posted now if it is not yet."""
+        if w not in self._headers:
+            msg = empty_header()
+            self._headers[w] = (self.links[w].group.recv([msg], 1, TO_TRAINER), msg)
+        return self._headers[w]
+
     def _header(self, w: int, timeout: float, doing: str) -> list[int]:
-        msg = empty_header()
-        self._recv(w, msg, timeout, doing)
-        return msg.tolist()
+        def posted() -> tuple[Any, torch.Tensor]:
+            self._posted_header(w)
+            return self._headers.pop(w)  # taken: the next header needs a receive of its own
+
+        return self._receive(w, posted, timeout, doing).tolist()
 
     def _recv(self, w: int, tensor: torch.Tensor, timeout: float, doing: str) -> None:
+        post = self.links[w].group.recv
+        self._receive(w, lambda: (post([tensor], 1, TO_TRAINER), tensor), timeout, doing)
+
+    def _receive(self, w: int, posted: Callable[[], tuple[Any, torch.Tensor]], timeout: float,
+                 doing: str) -> torch.Tensor:  # fmt: skip
+        """The tensor of the receive ``posted()`` returns, once it is complete; WorkerLost if
+        it fails or ``timeout`` s pass."""
         try:
-            work = self.links[w].group.recv([tensor], 1, TO_TRAINER)
+            work, tensor = posted()
             work.wait(datetime.timedelta(seconds=timeout))
+            return tensor
         except RuntimeError as err:
             why = "did not" if "Timed out" in str(err) else "is gone: it did not"
             raise WorkerLost(w, f"worker {w} (rank {w + 1}) {why} {doing} within {timeout:g} s "

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from experiments.common.config import plain
-from experiments.learner import PPOLearner
+from experiments.learner import PolicyGradientLearner
 from experiments.loggers import MetricLogger
 from experiments.workload import env_spaces
 
@@ -36,7 +36,7 @@ def policy_factory(cfg: DictConfig) -> Callable[[], nn.Module]:
     )
 
 
-def build_learner(cfg: DictConfig, policy: nn.Module, seed: int) -> PPOLearner:
+def build_learner(cfg: DictConfig, policy: nn.Module, seed: int) -> PolicyGradientLearner:
     """The learner of ``cfg.learner`` training ``policy``."""
     return instantiate(plain(cfg.learner), model=policy, seed=seed)
 

@@ -1,13 +1,23 @@
-"""Proximal Policy Optimisation (clipped objective) with GAE, for :class:`ActorCritic` models."""
+"""The learners: clipped PPO (with GAE) and IMPALA (V-trace actor-critic), for
+:class:`ActorCritic`-like models (``evaluate``, ``value``), with the off-policy corrections of
+``experiments/correction.py`` as an option of both.
+
+Both share one update (:class:`PolicyGradientLearner`): the batch is prepared once with the
+current model (:func:`prepare_batch`: values, corrected advantages and targets, the policy the
+ratio is anchored to, per-step weights), then ``epochs`` passes of ``minibatches`` Adam steps
+minimise the loss; they differ only in its policy term and in their defaults.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from experiments.correction import CORRECTIONS, truncated_importance_weights, vtrace
 from experiments.models import ActorCritic
 
 METRICS = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
@@ -43,13 +53,79 @@ def compute_gae(
     return advantages, advantages + value
 
 
-class PPOLearner:
-    """Trains an :class:`ActorCritic` with clipped PPO on batches from ``collect_rollout``.
+def prepare_batch(
+    model: ActorCritic,
+    batch: TensorDict,
+    correction: str,
+    gamma: float,
+    gae_lambda: float,
+    rho_bar: float,
+    c_bar: float,
+    normalize_advantage: bool,
+) -> tuple[TensorDict, dict[str, float]]:
+    """A ``[T, B]`` batch flattened for minibatches, with what both learners optimise.
 
-    Each :meth:`update` computes GAE advantages with the current critic, normalises them over
-    the batch, then runs ``epochs`` passes of ``minibatches`` Adam steps over random minibatches.
-    ``seed`` seeds the private generator that shuffles minibatches (nondeterministic if None).
+    Keys: ``obs``, ``action``; ``anchor_log_prob`` (what the policy ratio is taken against: the
+    behaviour policy's log-prob for ``correction=none``, else the learner's at the start of this
+    update); ``advantage`` (GAE, or V-trace's for ``vtrace``; normalised over the batch if
+    ``normalize_advantage``);
+    ``return`` (the critic's target); ``weight`` (each step's weight in the policy loss: the
+    truncated importance weight for ``is``, times the rollout's ``sample_weight`` where it has
+    one, see ``run.on_stale``); ``sample_weight`` (in the value loss).
+
+    Also returns the mean and standard deviation of the importance ratios ``pi/mu`` of the batch
+    (``importance_ratio_mean``, ``importance_ratio_std``), whatever the correction.
     """
+    with torch.no_grad():
+        log_pi, _, value = model.evaluate(batch["obs"], batch["action"])
+        next_value = model.value(batch["next_obs"])
+        log_ratio = log_pi - batch["log_prob"]
+        sample_weight = batch.get("sample_weight", torch.ones_like(value))
+        weight = sample_weight
+        if correction == "vtrace":
+            returns, advantages = vtrace(
+                batch["reward"], value, next_value, batch["terminated"], batch["truncated"],
+                log_ratio, gamma, rho_bar, c_bar,
+            )  # fmt: skip
+        else:
+            advantages, returns = compute_gae(
+                batch["reward"], value, next_value, batch["terminated"], batch["truncated"],
+                gamma, gae_lambda,
+            )  # fmt: skip
+            if correction == "is":
+                weight = weight * truncated_importance_weights(log_ratio, rho_bar)
+        anchor = batch["log_prob"] if correction == "none" else log_pi
+        ratio = log_ratio.exp()
+    if normalize_advantage:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    flat = TensorDict(
+        {
+            "obs": batch["obs"],
+            "action": batch["action"],
+            "anchor_log_prob": anchor,
+            "advantage": advantages,
+            "return": returns,
+            "weight": weight,
+            "sample_weight": sample_weight,
+        },
+        batch_size=batch.batch_size,
+    ).reshape(-1)
+    std = ratio.std().item() if ratio.numel() > 1 else 0.0
+    return flat, {"importance_ratio_mean": ratio.mean().item(), "importance_ratio_std": std}
+
+
+class PolicyGradientLearner:
+    """The update both learners share; a subclass defines :meth:`_policy_loss`.
+
+    Each :meth:`update` prepares the batch (:func:`prepare_batch`) with the current model, then
+    runs ``epochs`` passes of ``minibatches`` Adam steps over random minibatches, minimising the
+    policy loss, ``vf_coef`` times the critic's squared error to its targets and minus
+    ``ent_coef`` times the entropy. ``seed`` seeds the private generator that shuffles
+    minibatches (nondeterministic if None). ``correction`` (``none``, ``is``, ``vtrace``),
+    ``rho_bar`` and ``c_bar``: see ``experiments/correction.py``.
+    """
+
+    normalize_advantage = True
 
     def __init__(
         self,
@@ -57,27 +133,35 @@ class PPOLearner:
         lr: float = 5e-4,
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
-        clip_coef: float = 0.2,
         ent_coef: float = 0.0,
         vf_coef: float = 0.5,
         epochs: int = 4,
         minibatches: int = 4,
         max_grad_norm: float = 0.5,
+        correction: str = "none",
+        rho_bar: float = 1.0,
+        c_bar: float = 1.0,
         seed: int | None = None,
     ) -> None:
         if epochs < 1 or minibatches < 1:
             raise ValueError(
                 f"epochs and minibatches must be positive, got {epochs} and {minibatches}"
             )
+        if not (rho_bar > 0 and c_bar > 0):
+            raise ValueError(f"rho_bar and c_bar must be > 0, got {rho_bar} and {c_bar}")
+        if correction not in CORRECTIONS:
+            raise ValueError(f"unknown correction {correction!r}; choose from {CORRECTIONS}")
         self.model = model
         self.gamma = gamma
         self.gae_lambda = gae_lambda
-        self.clip_coef = clip_coef
         self.ent_coef = ent_coef
         self.vf_coef = vf_coef
         self.epochs = epochs
         self.minibatches = minibatches
         self.max_grad_norm = max_grad_norm
+        self.correction = correction
+        self.rho_bar = rho_bar
+        self.c_bar = c_bar
         self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, eps=1e-5)
         self._generator = torch.Generator()
         if seed is None:
@@ -93,7 +177,7 @@ class PPOLearner:
     def update(
         self, batch: TensorDict, before_step: Callable[[], None] | None = None
     ) -> dict[str, float]:
-        """Run one PPO update on a ``[T, B]`` batch and return mean training statistics.
+        """Run one update on a ``[T, B]`` batch and return mean training statistics.
 
         Args:
             batch: time-major batch as returned by ``collect_rollout`` (columns from several
@@ -103,7 +187,8 @@ class PPOLearner:
 
         Returns:
             Means over all minibatch steps of ``loss``, ``policy_loss``, ``value_loss``,
-            ``entropy``, ``approx_kl`` and ``clip_fraction``.
+            ``entropy``, ``approx_kl`` and ``clip_fraction``, and the batch's
+            ``importance_ratio_mean`` and ``importance_ratio_std``.
         """
         if batch.batch_dims != 2:
             raise ValueError(f"batch must be [T, B], got batch_size {tuple(batch.batch_size)}")
@@ -111,22 +196,10 @@ class PPOLearner:
             raise ValueError(
                 f"batch of {batch.numel()} samples is smaller than {self.minibatches} minibatches"
             )
-        batch = batch.to(self.device)
-        with torch.no_grad():
-            advantages, returns = compute_gae(
-                batch["reward"],
-                self.model.value(batch["obs"]),
-                self.model.value(batch["next_obs"]),
-                batch["terminated"],
-                batch["truncated"],
-                self.gamma,
-                self.gae_lambda,
-            )
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        flat = batch.select("obs", "action", "log_prob").reshape(-1)
-        flat["advantage"] = advantages.reshape(-1)
-        flat["return"] = returns.reshape(-1)
-
+        flat, ratios = prepare_batch(
+            self.model, batch.to(self.device), self.correction, self.gamma, self.gae_lambda,
+            self.rho_bar, self.c_bar, self.normalize_advantage,
+        )  # fmt: skip
         totals = torch.zeros(len(METRICS), device=self.device)
         for _ in range(self.epochs):
             order = torch.randperm(flat.numel(), generator=self._generator).to(self.device)
@@ -140,22 +213,73 @@ class PPOLearner:
                 self.optimizer.step()
                 totals += torch.stack([s.detach() for s in stats])
         means = (totals / (self.epochs * self.minibatches)).tolist()
-        return dict(zip(METRICS, means, strict=True))
+        return dict(zip(METRICS, means, strict=True)) | ratios
 
     def _minibatch_loss(self, mb: TensorDict) -> tuple[Tensor, ...]:
         """Loss and diagnostics for one minibatch, in the order of ``METRICS``."""
         log_prob, entropy, value = self.model.evaluate(mb["obs"], mb["action"])
-        log_ratio = log_prob - mb["log_prob"]
-        ratio = log_ratio.exp()
-        advantage = mb["advantage"]
-        policy_loss = torch.max(
-            -advantage * ratio,
-            -advantage * ratio.clamp(1.0 - self.clip_coef, 1.0 + self.clip_coef),
-        ).mean()
-        value_loss = 0.5 * (value - mb["return"]).square().mean()
+        log_ratio = log_prob - mb["anchor_log_prob"]
+        policy_loss, clip_fraction = self._policy_loss(log_prob, log_ratio, mb)
+        value_loss = 0.5 * (mb["sample_weight"] * (value - mb["return"]).square()).mean()
         entropy = entropy.mean()
         loss = policy_loss - self.ent_coef * entropy + self.vf_coef * value_loss
         with torch.no_grad():
-            approx_kl = ((ratio - 1.0) - log_ratio).mean()
-            clip_fraction = ((ratio - 1.0).abs() > self.clip_coef).float().mean()
+            approx_kl = ((log_ratio.exp() - 1.0) - log_ratio).mean()
         return loss, policy_loss, value_loss, entropy, approx_kl, clip_fraction
+
+    def _policy_loss(
+        self, log_prob: Tensor, log_ratio: Tensor, mb: TensorDict
+    ) -> tuple[Tensor, Tensor]:
+        """The policy term of the loss and the fraction of steps it clipped."""
+        raise NotImplementedError
+
+
+class PPOLearner(PolicyGradientLearner):
+    """Clipped PPO: the policy ratio against ``anchor_log_prob`` is clipped to
+    ``1 +- clip_coef``; with ``correction=is`` each step's clipped term is weighted by its
+    truncated importance weight (decoupled PPO). Other arguments: the base class's."""
+
+    def __init__(self, model: ActorCritic, clip_coef: float = 0.2, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.clip_coef = clip_coef
+
+    def _policy_loss(
+        self, log_prob: Tensor, log_ratio: Tensor, mb: TensorDict
+    ) -> tuple[Tensor, Tensor]:
+        ratio = log_ratio.exp()
+        advantage = mb["advantage"]
+        clipped = torch.max(
+            -advantage * ratio,
+            -advantage * ratio.clamp(1.0 - self.clip_coef, 1.0 + self.clip_coef),
+        )
+        with torch.no_grad():
+            clip_fraction = ((ratio - 1.0).abs() > self.clip_coef).float().mean()
+        return (mb["weight"] * clipped).mean(), clip_fraction
+
+
+class ImpalaLearner(PolicyGradientLearner):
+    """IMPALA's actor-critic (Espeholt et al. 2018): policy loss
+    ``-weight * advantage * log pi(a|x)``, by default with V-trace targets and advantages
+    (``correction=vtrace``), unnormalised, one gradient step per batch and an entropy bonus.
+    Nothing is clipped (``clip_fraction`` 0). Other arguments: the base class's."""
+
+    normalize_advantage = False
+
+    def __init__(
+        self,
+        model: ActorCritic,
+        ent_coef: float = 0.01,
+        epochs: int = 1,
+        minibatches: int = 1,
+        max_grad_norm: float = 40.0,
+        correction: str = "vtrace",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, ent_coef=ent_coef, epochs=epochs, minibatches=minibatches,
+                         max_grad_norm=max_grad_norm, correction=correction, **kwargs)  # fmt: skip
+
+    def _policy_loss(
+        self, log_prob: Tensor, log_ratio: Tensor, mb: TensorDict
+    ) -> tuple[Tensor, Tensor]:
+        policy_loss = -(mb["weight"] * mb["advantage"] * log_prob).mean()
+        return policy_loss, torch.zeros((), device=log_prob.device)

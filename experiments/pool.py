@@ -163,6 +163,10 @@ class WorkerPool:
         except (OSError, EOFError) as err:
             raise WorkerLost(worker, f"worker {worker} cannot be reached ({err})") from None
 
+    def wait_any(self, workers: list[int], timeout: float) -> list[int]:
+        pipes = {self._data[w]: w for w in workers}
+        return sorted(pipes[conn] for conn in wait(list(pipes), timeout))
+
     def receive_rollout(self, worker: int, timeout: float) -> TensorDict:
         data = self._data[worker]
         message = pickle.loads(self._read(worker, timeout, "deliver a rollout", data.recv_bytes))

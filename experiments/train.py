@@ -1,12 +1,15 @@
 """The actor-learner training loop: collect, learn, sync, log.
 
-``num_workers`` spawned workers act in their own batched CartPole with their copy of the policy
-and send rollouts, tagged with the weight version that produced them. The trainer learns with
-PPO on everything they sent and pushes its weights through the configured scheme every
-``sync_every`` updates. While the trainer learns, the workers already collect the next rollouts
-with the weights they hold, so the data is typically one update old (staleness 1); with
-``sync=none`` they never get new weights, their return stays at the initial policy's level and
-the staleness grows with every update. That contrast is the experiment.
+``num_workers`` workers (spawned here, or the other ranks of a launch) act in their own batched
+environments with their copy of the policy and send rollouts, tagged with the weight version
+that produced them and the behaviour policy's log-probabilities. The trainer learns (PPO or
+IMPALA, with the off-policy correction of ``learner.correction``) and pushes its weights through
+the configured scheme every ``sync_every`` updates. While the trainer learns, the workers
+already collect the next rollouts with the weights they hold, so the data is typically one
+update old (staleness 1) in ``run.mode=sync``; ``run.mode=async`` never lets a worker wait, and
+the staleness is whatever the workers' pace makes it (``experiments/collection.py``). With
+``sync=none`` the workers never get new weights, their return stays at the initial policy's
+level and the staleness grows with every update. That contrast is the experiment.
 
 Writes ``metrics.jsonl`` (one line per iteration) and ``summary.json`` into ``out_dir``, and
 hands every line's numbers to the loggers of the ``logger`` group.
@@ -22,10 +25,10 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch import nn
 
 from experiments.actor import ActorSpec
 from experiments.checksum import weights_checksum
+from experiments.collection import Batch, Collection, StalenessBound
 from experiments.common.config import plain
 from experiments.common.schemes import build_scheme
 from experiments.common.stats import percentile
@@ -33,6 +36,7 @@ from experiments.config import resolve_device
 from experiments.crew import Crew, RunStopped
 from experiments.distributed import RankPool, build_launched_scheme
 from experiments.factory import build_learner, build_loggers
+from experiments.learner import PolicyGradientLearner
 from experiments.metrics import MetricsLog, mean, rounded, write_summary
 from experiments.pool import WorkerPool
 from experiments.progress import Progress
@@ -69,9 +73,12 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
     crew = Crew(workers, scheme, policy, rollout_timeout=run.rollout_timeout,
                 on_worker_failure=plain(run.on_worker_failure))  # fmt: skip
     num_iterations = run.total_frames // (run.num_workers * cfg.env.num_envs * run.rollout_steps)
+    collection = Collection(crew, plain(run.mode), StalenessBound(run.max_staleness,
+                            plain(run.on_stale)), num_iterations)  # fmt: skip
     log.info(
-        "training with sync=%s strategy=%s: %d workers, %d iterations, outputs in %s",
-        scheme.backend_name, scheme.strategy.extract_as, run.num_workers, num_iterations, out_dir,
+        "training with sync=%s strategy=%s, mode=%s: %d workers, %d iterations, outputs in %s",
+        scheme.backend_name, scheme.strategy.extract_as, plain(run.mode), run.num_workers,
+        num_iterations, out_dir,
     )  # fmt: skip
 
     metrics = MetricsLog(out_dir, build_loggers(cfg))
@@ -82,24 +89,17 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
         with crew:
             tally.started = last = time.perf_counter()
             progress.start()
-            crew.request_rollouts()
+            collection.start()
             for iteration in range(1, num_iterations + 1):
-                # 1. Collect: every worker's rollout, then at once ask for the next one, which
-                #    the workers collect with the weights they hold while the trainer learns.
-                rollouts = crew.gather()
-                if iteration < num_iterations:
-                    crew.request_rollouts()
-                batch = torch.cat([r["trajectory"] for r in rollouts], dim=1)
-                new_returns = torch.cat([r["episode_returns"] for r in rollouts]).tolist()
-                lags = [
-                    tally.updates - sync.updates_in_version[int(r["policy_version"])]
-                    for r in rollouts
-                ]
+                # 1. Collect: the workers' next rollouts (sync: one from each, and at once ask
+                #    for the next, collected with the weights they hold while the trainer learns;
+                #    async: the first to arrive), those older than run.max_staleness left out.
+                batch = collection.next(iteration, tally.updates)
 
-                # 2. Learn: one PPO update. The sync started last iteration must be complete
-                #    before the first optimizer step changes the weights: ``before_step``.
+                # 2. Learn: one update. The sync started last iteration must be complete before
+                #    the first optimizer step changes the weights: ``before_step``.
                 syncs_before = len(sync.latencies_ms)
-                stats = learner.update(batch, before_step=sync.wait)
+                stats = learner.update(batch.trajectory, before_step=sync.wait)
                 tally.updates += 1
 
                 # 3. Sync: start pushing the new weights; it completes during the next update.
@@ -108,22 +108,23 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
 
                 # 4. Log.
                 now = time.perf_counter()
-                tally.frames += batch.numel()
-                tally.returns += new_returns
-                tally.staleness.append(sum(lags) / len(lags))
+                tally.add(batch, stats)
                 record = {
                     "iteration": iteration,
                     "frames": tally.frames,
                     "time_s": rounded(now - tally.started),
-                    "episode_return": rounded(mean(new_returns)),
-                    "episodes": len(new_returns),
+                    "episode_return": rounded(mean(batch.episode_returns)),
+                    "episodes": len(batch.episode_returns),
                     **{k: rounded(v, 5) for k, v in stats.items()},
-                    "frames_per_s": rounded(batch.numel() / (now - last), 1),
+                    "frames_per_s": rounded(batch.frames / (now - last), 1),
                     "sync_latency_ms": rounded(mean(sync.latencies_ms[syncs_before:])),
                     "bytes_moved": sync.bytes_moved,
-                    "staleness": tally.staleness[-1],
+                    "staleness": mean(batch.staleness),
+                    "staleness_min": min(batch.staleness),
+                    "staleness_max": max(batch.staleness),
+                    "rollouts_dropped": batch.dropped,
                     "trainer_version": sync.version,
-                    "num_workers": len(rollouts),
+                    "num_workers": len(crew.active),
                 }
                 metrics.write(record)
                 progress.update(record)
@@ -131,6 +132,7 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
 
             tally.finished = time.perf_counter()
             # After the last update: every worker gets the final weights and proves it.
+            collection.finish()
             sync.flush(tally.updates)
             tally.reports = crew.report()
     except KeyboardInterrupt:
@@ -145,7 +147,7 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
     finally:
         progress.close()
         metrics.close()
-        summary = _summary(cfg, policy, sync, tally)
+        summary = _summary(cfg, learner, sync, tally)
         write_summary(out_dir, summary)
     log.info(
         "%s in %.1f s: return %s -> %s, %s frames/s, sync p50 %s ms, weights_match=%s",
@@ -165,14 +167,31 @@ class Tally:
     frames: int = 0
     updates: int = 0
     returns: list[float] = field(default_factory=list)  # every finished episode, in order
-    staleness: list[float] = field(default_factory=list)  # per iteration, mean over workers
+    staleness: list[int] = field(default_factory=list)  # of every rollout learned on
+    batch_staleness: list[float] = field(default_factory=list)  # per iteration, mean
+    dropped: int = 0  # rollouts left out for being older than run.max_staleness
+    ratio_means: list[float] = field(default_factory=list)  # per iteration: mean of pi/mu
+    ratio_stds: list[float] = field(default_factory=list)  # per iteration: std of pi/mu
     reports: dict[int, tuple[int, str]] = field(default_factory=dict)  # worker: (version, digest)
     status: str = "completed"
     error: str | None = None
 
+    def add(self, batch: Batch, stats: dict[str, float]) -> None:
+        """Count an iteration that learned on ``batch`` with ``stats``."""
+        self.frames += batch.frames
+        self.returns += batch.episode_returns
+        self.staleness += batch.staleness
+        self.batch_staleness.append(mean(batch.staleness))
+        self.dropped += batch.dropped
+        self.ratio_means.append(stats["importance_ratio_mean"])
+        self.ratio_stds.append(stats["importance_ratio_std"])
 
-def _summary(cfg: DictConfig, policy: nn.Module, sync: SyncStep, tally: Tally) -> dict[str, Any]:
+
+def _summary(
+    cfg: DictConfig, learner: PolicyGradientLearner, sync: SyncStep, tally: Tally
+) -> dict[str, Any]:
     """The run in one JSON object (``summary.json``); see the README for every field."""
+    policy = learner.model
     wall_time_s = (tally.finished or time.perf_counter()) - tally.started
     latencies = sync.latencies_ms
     final = weights_checksum(policy)
@@ -202,8 +221,15 @@ def _summary(cfg: DictConfig, policy: nn.Module, sync: SyncStep, tally: Tally) -
         "sync_count": len(latencies),
         "sync_latency_p50_ms": rounded(percentile(latencies, 50)),
         "sync_latency_p95_ms": rounded(percentile(latencies, 95)),
-        "staleness_mean": rounded(mean(tally.staleness)),
+        "mode": plain(cfg.run.mode),
+        "learner": type(learner).__name__,
+        "correction": learner.correction,
+        "staleness_mean": rounded(mean(tally.batch_staleness)),
+        "staleness_min": min(tally.staleness, default=None),
         "staleness_max": max(tally.staleness, default=None),
+        "rollouts_dropped": tally.dropped,
+        "importance_ratio_mean": rounded(mean(tally.ratio_means), 5),
+        "importance_ratio_std": rounded(mean(tally.ratio_stds), 5),
         "bytes_moved": sync.bytes_moved,
         "trainer_version": sync.version,
         # Every worker holds exactly the trainer's final weights. False for sync=none, whose

@@ -40,6 +40,10 @@ class Workers(Protocol):
     def send(self, worker: int, command: Command) -> None:
         """Send ``command`` to ``worker``."""
 
+    def wait_any(self, workers: list[int], timeout: float) -> list[int]:
+        """Those of ``workers`` that have sent something (or are gone: the next receive says
+        so), waiting up to ``timeout`` s for the first; empty if none did."""
+
     def receive_rollout(self, worker: int, timeout: float) -> TensorDict:
         """The rollout ``worker`` was asked for (``experiments.actor.rollout_message``)."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -67,4 +68,4 @@ def plain(node: Any) -> Any:
     constructors that expect strings)."""
     if isinstance(node, DictConfig) or OmegaConf.is_list(node):
         return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
-    return node
+    return node.name if isinstance(node, Enum) else node

@@ -51,6 +51,8 @@ PANELS = (
     Panel("frames per second", "frames_per_s"),
     Panel("trainer blocked per sync (ms)", "sync_latency_"),
     Panel("staleness (updates behind)", "staleness_"),
+    Panel("rollouts dropped (too stale)", "rollouts_dropped"),
+    Panel("importance ratio pi/mu", "importance_ratio_"),
     Panel("weights moved (MB)", "bytes_moved", 1e-6),
 )
 

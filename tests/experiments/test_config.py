@@ -132,6 +132,10 @@ def test_model_presets_have_the_sizes_they_claim(make_cfg, preset, millions) -> 
         ("model.activation=swish", ["swish", "tanh", "relu"]),
         ("strategy.extract_as=pickle", ["pickle", "state_dict", "tensordict"]),
         ("run.num_wrokers=2", ["num_wrokers"]),
+        ("learner.correction=foo", ["foo", "none", "is", "vtrace"]),
+        ("run.mode=later", ["later", "sync", "async"]),
+        ("run.on_stale=forget", ["forget", "drop", "downweight"]),
+        ("learner=sac", ["learner/sac", "ppo", "impala"]),
     ],
 )
 def test_unknown_options_and_wrong_types_fail_to_compose(make_cfg, override, expected) -> None:
@@ -153,6 +157,11 @@ def test_unknown_options_and_wrong_types_fail_to_compose(make_cfg, override, exp
         (["sync.timeout=inf"], ["sync.timeout=inf", "finite"]),
         (["run.startup_timeout=inf"], ["run.startup_timeout=inf", "finite"]),
         (["run.rollout_timeout=0"], ["run.rollout_timeout=0", "> 0"]),
+        (["learner.rho_bar=0"], ["learner.rho_bar=0", "> 0"]),
+        (["learner=impala", "learner.c_bar=-1"], ["learner.c_bar=-1", "> 0"]),
+        (["run.max_staleness=-1"], ["run.max_staleness=-1", ">= 0", "null"]),
+        (["run.max_staleness=2", "sync=none"], ["sync=none", "run.on_stale=downweight"]),
+        (["run.max_staleness=3", "run.sync_every=10"], ["run.max_staleness=3", ">= 9"]),
         (["model.hidden_sizes=[]"], ["model.hidden_sizes", ">= 1"]),
         (["run.total_frames=100"], ["run.total_frames=100", "2048"]),
         (["learner.minibatches=5000"], ["learner.minibatches=5000", "2048"]),

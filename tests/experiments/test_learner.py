@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from experiments.envs import BatchedCartPole
-from experiments.learner import PPOLearner, compute_gae
+from experiments.learner import ImpalaLearner, PPOLearner, compute_gae
 from experiments.models import ActorCritic
 from experiments.rollout import collect_rollout
 
@@ -75,6 +75,8 @@ def test_update_reports_metrics_and_calls_before_step_before_each_step() -> None
         "entropy",
         "approx_kl",
         "clip_fraction",
+        "importance_ratio_mean",
+        "importance_ratio_std",
     }
     assert all(isinstance(v, float) and torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert stats["value_loss"] > 0 and stats["entropy"] == pytest.approx(0.693, abs=0.01)
@@ -86,6 +88,52 @@ def test_update_reports_metrics_and_calls_before_step_before_each_step() -> None
         assert not torch.equal(earlier, later)
     final = torch.nn.utils.parameters_to_vector(model.parameters())
     assert not torch.equal(final, snapshots[-1])
+
+
+def _parameters(model: torch.nn.Module) -> torch.Tensor:
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+
+
+def test_on_policy_the_ratios_are_one_and_is_changes_nothing() -> None:
+    """Acted by the model that learns, pi/mu is 1 everywhere, and PPO with truncated importance
+    weights makes exactly the update plain PPO makes."""
+    updated = []
+    for correction in ("none", "is"):
+        model, batch = _rollout_batch(3)
+        stats = PPOLearner(model, correction=correction, seed=0).update(batch)
+        assert stats["importance_ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+        assert stats["importance_ratio_std"] == pytest.approx(0.0, abs=1e-6)
+        updated.append(_parameters(model))
+    torch.testing.assert_close(updated[0], updated[1])
+
+
+def test_off_policy_ratios_are_measured_and_every_correction_updates() -> None:
+    model, batch = _rollout_batch(4)
+    batch["log_prob"] = batch["log_prob"] - 0.3 * torch.rand(batch.shape)  # mu: another policy
+    cases = [(PPOLearner, "is"), (PPOLearner, "vtrace"), (ImpalaLearner, "vtrace"),
+             (ImpalaLearner, "none")]  # fmt: skip
+    for learner_cls, correction in cases:
+        before = _parameters(model)
+        stats = learner_cls(model, correction=correction, seed=0).update(batch)
+        assert stats["importance_ratio_mean"] > 1.0 and stats["importance_ratio_std"] > 0.0
+        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
+        assert not torch.equal(before, _parameters(model)), (learner_cls, correction)
+
+
+def test_impala_makes_one_gradient_step_per_batch() -> None:
+    model, batch = _rollout_batch(5)
+    steps = []
+    ImpalaLearner(model, seed=0).update(batch, before_step=lambda: steps.append(1))
+    assert steps == [1]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [({"correction": "foo"}, "none"), ({"rho_bar": 0.0}, "rho_bar"), ({"c_bar": -1.0}, "c_bar")],
+)
+def test_learners_refuse_bad_corrections(arguments: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PPOLearner(ActorCritic(4, 2), **arguments)
 
 
 def test_update_accepts_worker_batches_concatenated_along_envs() -> None:

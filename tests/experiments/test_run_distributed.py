@@ -55,6 +55,23 @@ def test_torchrun_trains_with_rank_0_and_two_worker_ranks(tmp_path):
     assert len(records) > 6
 
 
+def test_torchrun_async_with_vtrace_ends_with_the_final_weights_on_every_rank(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        ["torchrun", "--nproc-per-node=3", "--master-addr=127.0.0.1",
+         f"--master-port={free_port_block()}", "run.py", "sync=distributed", "experiment=smoke",
+         "run.mode=async", "learner.correction=vtrace", f"hydra.run.dir={out}"],
+        cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = _summary(out)
+    assert (summary["status"], summary["mode"], summary["num_updates"]) == ("completed", "async", 8)
+    assert summary["weights_match"] is True, summary
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["staleness_min"] <= r["staleness_max"] and r["importance_ratio_mean"] > 0
+               for r in records)  # fmt: skip
+
+
 class SlurmRanks:
     """Three ``python run.py`` processes with the environment srun gives a 3-task job."""
 
