@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import time
 from typing import Any
 
 from tensordict import TensorDict
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Threads of each worker actor: ``serve`` (the actor loop), ``command`` and ``answer``.
 ACTOR_THREADS = 3
+#: How long one ``answer`` call waits in the actor before it returns None (and is asked again).
+ANSWER_WAIT_S = 1.0
 
 
 # --------------------------------------------------------------------------------- worker side
@@ -146,6 +149,7 @@ class RayPool:
         self._session: RaySession | None = None
         self._actors: list[Any] = []
         self._serving: list[Any] = []  # each actor's serve() call, done once its loop ended
+        self._asking: dict[int, Any] = {}  # worker -> its answer() call in progress
 
     def start(self) -> dict[str, Any]:
         """Start (or join) Ray and one actor per worker; wait until each is built. The scheme
@@ -176,6 +180,20 @@ class RayPool:
     def send(self, worker: int, command: Command) -> None:
         self._actors[worker].command.remote(int(command))  # a dead actor shows at the answer
 
+    def wait_any(self, workers: list[int], timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            calls = {self._asked(w): w for w in workers}
+            calls.update({self._serving[w]: w for w in workers})
+            left = max(0.0, deadline - time.monotonic())
+            if ray.wait(list(calls), num_returns=1, timeout=left)[0]:
+                ready = ray.wait(list(calls), num_returns=len(calls), timeout=0)[0]
+                arrived = {calls[ref] for ref in ready if self._has_news(calls[ref], ref)}
+                if arrived:
+                    return sorted(arrived)
+            if time.monotonic() >= deadline:
+                return []
+
     def receive_rollout(self, worker: int, timeout: float) -> TensorDict:
         return self._answer(worker, timeout, "deliver a rollout")
 
@@ -190,6 +208,7 @@ class RayPool:
 
     def release(self, worker: int) -> None:
         """Kill the worker's actor."""
+        self._asking.pop(worker, None)
         ray.kill(self._actors[worker])
 
     def close(self) -> None:
@@ -199,7 +218,7 @@ class RayPool:
             ray.wait(self._serving, num_returns=len(self._serving), timeout=JOIN_TIMEOUT_S)
         for actor in self._actors:
             ray.kill(actor)
-        self._actors, self._serving = [], []
+        self._actors, self._serving, self._asking = [], [], {}
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -219,23 +238,46 @@ class RayPool:
         except ray.exceptions.RayActorError as err:
             raise RunStopped(f"{self._name(w)} died on start-up: {_first_line(err)}") from None
 
+    def _asked(self, w: int) -> Any:
+        """Worker ``w``'s ``answer()`` call in progress, made now if there is none."""
+        if w not in self._asking:
+            self._asking[w] = self._actors[w].answer.remote(ANSWER_WAIT_S)
+        return self._asking[w]
+
+    def _has_news(self, w: int, ready: Any) -> bool:
+        """Whether ``ready`` (worker ``w``'s finished answer or serve call) means something to
+        receive: an answer, or a loop that ended; an empty answer is forgotten (asked again)."""
+        if ready == self._serving[w]:
+            return True
+        try:
+            if ray.get(ready) is None:
+                del self._asking[w]
+                return False
+        except ray.exceptions.RayActorError:
+            pass  # the receive that follows names the dead actor
+        return True
+
     def _answer(self, w: int, timeout: float, doing: str) -> Any:
         """Worker ``w``'s next answer; WorkerLost if its loop ended, its actor died or it was
         silent for ``timeout`` s."""
-        asked = self._actors[w].answer.remote(timeout)
-        serving = self._serving[w]
-        ready, _ = ray.wait([asked, serving], num_returns=1, timeout=timeout + 1.0)
-        if asked in ready:
-            try:
-                answer = ray.get(asked)
-            except ray.exceptions.RayActorError as err:
-                raise WorkerLost(w, f"{self._name(w)} died before it could {doing}: "
-                                 f"{_first_line(err)}") from None  # fmt: skip
-            if answer is not None:
-                return answer
-        elif serving in ready:
-            raise WorkerLost(w, self._ended(w, serving, f"before it could {doing}"))
-        raise WorkerLost(w, f"{self._name(w)} did not {doing} within {timeout:g} s")
+        deadline = time.monotonic() + timeout
+        while True:
+            asked, serving = self._asked(w), self._serving[w]
+            left = max(0.0, deadline - time.monotonic())
+            ready = ray.wait([asked, serving], num_returns=1, timeout=left)[0]
+            if asked in ready:
+                del self._asking[w]
+                try:
+                    answer = ray.get(asked)
+                except ray.exceptions.RayActorError as err:
+                    raise WorkerLost(w, f"{self._name(w)} died before it could {doing}: "
+                                     f"{_first_line(err)}") from None  # fmt: skip
+                if answer is not None:
+                    return answer
+            elif serving in ready:
+                raise WorkerLost(w, self._ended(w, serving, f"before it could {doing}"))
+            if time.monotonic() >= deadline:
+                raise WorkerLost(w, f"{self._name(w)} did not {doing} within {timeout:g} s")
 
     def _ended(self, w: int, serving: Any, when: str) -> str:
         """Why worker ``w``'s actor loop (its finished ``serve`` call) ended, ``when``."""
