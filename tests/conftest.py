@@ -25,12 +25,12 @@ os.environ.update(OFFLINE)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto`` (pyproject's addopts): twice the cores, at least 2 and at most 8. Most tests
-    wait on spawned processes rather than compute, so a 2-core machine runs 4 at once;
-    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides it."""
+    """``-n auto`` (pyproject's addopts): one worker per core, at least 2 and at most 8. More
+    workers than cores overloaded a 2-core machine: the sweeps, torchrun and Ray tests each start
+    several processes that compute; ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides it."""
     if (chosen := os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")) is not None:
         return int(chosen)
-    return max(2, min(2 * len(os.sched_getaffinity(0)), 8))
+    return max(2, min(len(os.sched_getaffinity(0)), 8))
 
 
 def pytest_configure(config: pytest.Config) -> None:
