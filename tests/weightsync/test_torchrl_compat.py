@@ -175,7 +175,7 @@ def test_init_refuses_an_unknown_keyword_at_once_naming_the_accepted_ones():
     with pytest.raises(
         TypeError,
         match=r"\['pipe'\]; it accepts \['ctx', 'device_map_fn', 'devices', 'model', "
-        r"'num_workers', 'params_map', 'pipes', 'weights'\]",
+        r"'num_workers', 'params_map', 'pipes', 'processes', 'weights'\]",
     ):
         scheme.init_on_sender("policy", model=nn.Linear(3, 2), pipe=trainer_end)
     assert scheme.role is None  # nothing was set up
