@@ -27,7 +27,8 @@ pytestmark = [
     pytest.mark.timeout(420),
     pytest.mark.xfail(
         strict=False,
-        reason="issue 17, open: the async end-to-end run failed in the last full-suite run on the 2-core machine and was not diagnosed before the session ended",
+        reason="issue 17, open: the async end-to-end run failed in the last full-suite run "
+        "on the 2-core machine and was not diagnosed before the session ended",
     ),
 ]
 
