@@ -109,10 +109,14 @@ def test_forgetting_a_links_nccl_keys_leaves_every_other_key():
     """The store-key clean-up the trainer does once a worker joined NCCL, on a real store and a
     real two-rank gloo link (both ranks in this process): only that group's keys go."""
     store = open_store("127.0.0.1", 0, is_master=True, timeout=JOIN_S)
+    # Each rank talks to the store through its own client, as two processes would: one TCPStore
+    # client shared by two threads blocked in wait() can lose a reply and time out.
+    peer_store = open_store("127.0.0.1", store.port, is_master=False, timeout=JOIN_S)
     links: dict[int, Link] = {}
 
     def join(rank: int) -> None:
-        links[rank] = Link(store, "weightsync/link/0", rank, timeout=JOIN_S, bind="127.0.0.1")
+        own = store if rank == 0 else peer_store
+        links[rank] = Link(own, "weightsync/link/0", rank, timeout=JOIN_S, bind="127.0.0.1")
 
     peer = threading.Thread(target=join, args=(1,))
     peer.start()
