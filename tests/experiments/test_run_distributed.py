@@ -15,18 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.ports import free_port_block
+from tests.helpers.run_py import TORCHRUN, launcher_env
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def _clean_env() -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith("SLURM")
-    }
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def _summary(out: Path) -> dict:
@@ -36,10 +28,10 @@ def _summary(out: Path) -> dict:
 def test_torchrun_trains_with_rank_0_and_two_worker_ranks(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        ["torchrun", "--nproc-per-node=3", "--master-addr=127.0.0.1",
+        [TORCHRUN, "--nproc-per-node=3", "--master-addr=127.0.0.1",
          f"--master-port={free_port_block()}", "run.py", "sync=distributed", "experiment=smoke",
          "run.total_frames=30720", f"hydra.run.dir={out}"],
-        cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=200,
+        cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=200,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = _summary(out)
@@ -63,10 +55,10 @@ def test_torchrun_trains_with_rank_0_and_two_worker_ranks(tmp_path):
 def test_torchrun_async_with_vtrace_ends_with_the_final_weights_on_every_rank(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        ["torchrun", "--nproc-per-node=3", "--master-addr=127.0.0.1",
+        [TORCHRUN, "--nproc-per-node=3", "--master-addr=127.0.0.1",
          f"--master-port={free_port_block()}", "run.py", "sync=distributed", "experiment=smoke",
          "run.mode=async", "learner.correction=vtrace", f"hydra.run.dir={out}"],
-        cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=200,
+        cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=200,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = _summary(out)
@@ -86,7 +78,7 @@ class SlurmRanks:
         self.logs = [(tmp / f"rank{r}.log").open("w+") for r in range(3)]
         self.procs = []
         for rank in range(3):
-            env = {**_clean_env(), "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+            env = {**launcher_env(), "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
                    "SLURM_NTASKS": "3", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_ID": "4242",
                    "SLURM_JOB_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1",
                    "MASTER_PORT": str(port)}  # fmt: skip

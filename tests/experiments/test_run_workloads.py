@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.experiments.test_run_distributed import _clean_env, free_port_block
-from tests.helpers.run_py import ROOT, run_py
+from tests.helpers.ports import free_port_block
+from tests.helpers.run_py import ROOT, TORCHRUN, launcher_env, run_py
 
 pytest.importorskip("gymnasium", reason="the envs extra: pip install -e '.[envs]'")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -65,10 +65,10 @@ def test_atari_frames_cross_machines_under_torchrun(tmp_path: Path) -> None:
     """uint8 frames through the rollout links, a CNN's weights through sync=distributed."""
     out = tmp_path / "run"
     proc = subprocess.run(
-        ["torchrun", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+        [TORCHRUN, "--nproc-per-node=2", "--master-addr=127.0.0.1",
          f"--master-port={free_port_block()}", "run.py", "sync=distributed", "env=atari",
          *TINY[1:], f"hydra.run.dir={out}"],
-        cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The ``torchrun`` of the interpreter running the tests (its venv need not be on ``PATH``).
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+
+
+def launcher_env() -> dict[str, str]:
+    """This environment without the variables a launcher (torchrun, Slurm) sets for a rank, so a
+    launcher the test starts sets its own; output unbuffered."""
+    from experiments.bench.netns import LAUNCH_VARS
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith("SLURM")
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 def run_py(*args: str, timeout: float) -> subprocess.CompletedProcess:
