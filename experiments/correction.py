@@ -12,7 +12,10 @@ log-probabilities of its actions, so the learner can weigh each step by the impo
   ``mu``);
 * ``vtrace``: V-trace value targets and policy-gradient advantages (Espeholt et al. 2018,
   IMPALA), with ``rho_bar`` truncating the weights of the temporal differences and ``c_bar``
-  the traces.
+  the traces. PPO then takes its clipped ratio against ``mu``, as APPO does (Sample Factory):
+  the clip bounds how far the learner moves from the policy that acted. Anchored to the
+  learner's own policy instead, each update moved a full clip range away from an already stale
+  ``mu`` and asynchronous CartPole runs collapsed (return 59 -> 23 in 15 updates, 3 seeds).
 
 Every function works on time-major ``[T, B]`` tensors whose columns are consecutive steps of one
 environment, with ``next_value`` the critic's value of each step's true next state, so that

@@ -66,8 +66,8 @@ def prepare_batch(
     """A ``[T, B]`` batch flattened for minibatches, with what both learners optimise.
 
     Keys: ``obs``, ``action``; ``anchor_log_prob`` (what the policy ratio is taken against: the
-    behaviour policy's log-prob for ``correction=none``, else the learner's at the start of this
-    update); ``advantage`` (GAE, or V-trace's for ``vtrace``; normalised over the batch if
+    learner's log-prob at the start of this update for ``correction=is``, else the behaviour
+    policy's); ``advantage`` (GAE, or V-trace's for ``vtrace``; normalised over the batch if
     ``normalize_advantage``);
     ``return`` (the critic's target); ``weight`` (each step's weight in the policy loss: the
     truncated importance weight for ``is``, times the rollout's ``sample_weight`` where it has
@@ -94,7 +94,7 @@ def prepare_batch(
             )  # fmt: skip
             if correction == "is":
                 weight = weight * truncated_importance_weights(log_ratio, rho_bar)
-        anchor = batch["log_prob"] if correction == "none" else log_pi
+        anchor = log_pi if correction == "is" else batch["log_prob"]
         ratio = log_ratio.exp()
     if normalize_advantage:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from experiments.envs import BatchedCartPole
-from experiments.learner import ImpalaLearner, PPOLearner, compute_gae
+from experiments.learner import ImpalaLearner, PPOLearner, compute_gae, prepare_batch
 from experiments.models import ActorCritic
 from experiments.rollout import collect_rollout
 
@@ -118,6 +118,23 @@ def test_off_policy_ratios_are_measured_and_every_correction_updates() -> None:
         assert stats["importance_ratio_mean"] > 1.0 and stats["importance_ratio_std"] > 0.0
         assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
         assert not torch.equal(before, _parameters(model)), (learner_cls, correction)
+
+
+@pytest.mark.parametrize(
+    ("correction", "anchored_to"), [("none", "mu"), ("vtrace", "mu"), ("is", "pi")]
+)
+def test_ppos_clip_is_anchored_to_the_acting_policy_except_under_decoupled_is(
+    correction: str, anchored_to: str
+) -> None:
+    """The PPO ratio is taken against mu (the policy that acted) for none and vtrace (APPO's
+    form), and against the learner's own policy at the start of the update for is."""
+    model, batch = _rollout_batch(6)
+    batch["log_prob"] = batch["log_prob"] - 0.3 * torch.rand(batch.shape)  # mu: another policy
+    flat, _ = prepare_batch(model, batch, correction, 0.99, 0.95, 1.0, 1.0, True)
+    with torch.no_grad():
+        log_pi, _, _ = model.evaluate(batch["obs"], batch["action"])
+    expected = {"mu": batch["log_prob"], "pi": log_pi}[anchored_to].reshape(-1)
+    torch.testing.assert_close(flat["anchor_log_prob"], expected)
 
 
 def test_impala_makes_one_gradient_step_per_batch() -> None:

@@ -47,11 +47,6 @@ def test_torchrun_trains_with_rank_0_and_two_worker_ranks(tmp_path):
     assert len(records) > 6
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 17, open: the async end-to-end run failed in the last full-suite run "
-    "on the 2-core machine and was not diagnosed before the session ended",
-)
 def test_torchrun_async_with_vtrace_ends_with_the_final_weights_on_every_rank(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
