@@ -95,7 +95,9 @@ class Run:
         try:
             return self.proc.wait(within_s)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"run.py still running after {within_s} s") from None
+            raise AssertionError(
+                f"run.py still running after {within_s} s:\n{self.output()}"
+            ) from None
 
     def output(self, tail: int | None = 4000) -> str:
         self.log.flush()

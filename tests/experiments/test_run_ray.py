@@ -73,7 +73,12 @@ class MarkedRun:
         return self.log.read()[-6000:]
 
     def wait(self, within_s: float = 360.0) -> int:
-        return self.proc.wait(within_s)
+        try:
+            return self.proc.wait(within_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"run.py still running after {within_s} s:\n{self.output()}"
+            ) from None
 
     def summary(self) -> dict:
         return json.loads((self.out_dir / "summary.json").read_text())
