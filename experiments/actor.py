@@ -12,10 +12,10 @@ weights through the weight-sync scheme. The trainer sends :class:`Command` s:
 
 Between commands the worker keeps calling ``scheme.receive()`` so that new weights are applied
 (and, for the pipe scheme, acknowledged) while it is idle, and once more right before each
-command, so that it acts with the newest version it can have. Its answers leave through an
-:class:`Outbox`, a thread of their own: a worker whose trainer is busy (learning, or waiting for
-this very worker's acknowledgement of new weights) keeps acting and applying weights instead of
-blocking on a full pipe. How many rollouts a worker collects ahead is the trainer's choice: one
+command, so that it acts with the newest version it can have. A channel's sends must not block
+the loop on a busy trainer (learning, or waiting for this very worker's acknowledgement of new
+weights): the pipe channel sends from a thread of its own, a rank's scheme applies weights on
+its receiving thread, a Ray worker's answers go into a queue. How many rollouts a worker collects ahead is the trainer's choice: one
 ``COLLECT`` per rollout (``run.mode=async`` keeps two asked for, so a worker never waits). It
 never modifies its policy's parameters, which for ``shared-mem`` are views of a read-only
 snapshot.

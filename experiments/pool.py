@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
+import queue
 import signal
 import threading
 import traceback
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 5.0
 READY = "ready"
 FAILED = "failed"  # worker -> trainer: (FAILED, traceback) in place of an answer, then it exits
+#: What a worker sees when the trainer is gone: end of file or a broken pipe on either pipe.
+TRAINER_GONE = (EOFError, BrokenPipeError, ConnectionResetError, PeerDiedError)
 
 
 @contextlib.contextmanager
@@ -57,24 +60,63 @@ def _sigint_ignored() -> Iterator[None]:
 # --------------------------------------------------------------------------------- worker side
 class PipeChannel:
     """A spawned worker's :class:`~experiments.actor.Channel`: its data pipe, woken early by
-    traffic on its weight pipe (new weights to apply)."""
+    traffic on its weight pipe (new weights to apply).
+
+    Answers leave on a thread of their own (the outbox), in order: a rollout larger than the
+    pipe's buffer (Atari frames) blocks its sender until the trainer reads it, and a trainer busy
+    waiting for this worker's acknowledgement of new weights would otherwise wait on a worker
+    that waits on it. The actor loop meanwhile keeps applying (and acknowledging) weights. An
+    answer that cannot be sent (the trainer is gone) raises its error at the next send or at
+    :meth:`close`.
+    """
 
     def __init__(self, data: Connection, weights: Connection) -> None:
         self.data = data
         self.weights = weights
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._sender = threading.Thread(target=self._send_queued, name="outbox", daemon=True)
+        self._sender.start()
 
     def ready(self) -> None:
-        self.data.send(READY)
+        self._post(pickle.dumps(READY))
 
     def next_command(self, timeout: float) -> Command | None:
         wait([self.data, self.weights], timeout=timeout)
         return Command(self.data.recv()) if self.data.poll() else None
 
     def send_rollout(self, rollout: TensorDict) -> None:
-        self.data.send_bytes(pickle.dumps(rollout))
+        self._post(pickle.dumps(rollout))  # pickled here: the sender holds bytes, not tensors
 
     def send_report(self, version: int, digest: str) -> None:
-        self.data.send((version, digest))
+        self._post(pickle.dumps((version, digest)))
+
+    def send_failure(self, trace: str) -> None:
+        """``(FAILED, trace)`` in place of the answer the trainer awaits (errors ignored: the
+        worker is failing anyway)."""
+        with contextlib.suppress(BaseException):
+            self._post(pickle.dumps((FAILED, trace)))
+
+    def close(self, timeout: float) -> None:
+        """Let the queued answers leave (at most ``timeout`` s: a trainer that stopped reading
+        will not take them), then stop the outbox; raises the error of an answer that failed."""
+        self._outbox.put(None)
+        self._sender.join(timeout)
+        if self._error is not None:
+            raise self._error
+
+    def _post(self, payload: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._outbox.put(payload)
+
+    def _send_queued(self) -> None:
+        while (payload := self._outbox.get()) is not None:
+            try:
+                self.data.send_bytes(payload)
+            except BaseException as err:  # the trainer is gone: the actor loop learns of it
+                self._error = err
+                return
 
 
 def run_worker(
@@ -82,14 +124,17 @@ def run_worker(
     data: Connection,
 ) -> None:  # fmt: skip
     """Process entry point: the actor loop until told to stop or until the trainer is gone."""
+    channel = PipeChannel(data, weights)
     try:
-        run_actor(spec, worker_id, scheme, PipeChannel(data, weights), {"pipe": weights})
-    except (EOFError, BrokenPipeError, ConnectionResetError, PeerDiedError):
-        pass  # the trainer is gone: there is nobody left to work for
+        run_actor(spec, worker_id, scheme, channel, {"pipe": weights})
+        channel.close(JOIN_TIMEOUT_S)
+    except TRAINER_GONE:
+        pass  # there is nobody left to work for
     except Exception:
         # Its env or policy raised: the trainer learns why, in place of the answer it awaits.
-        with contextlib.suppress(OSError):
-            data.send((FAILED, traceback.format_exc()))
+        channel.send_failure(traceback.format_exc())
+        with contextlib.suppress(*TRAINER_GONE):
+            channel.close(JOIN_TIMEOUT_S)
         raise
     finally:
         scheme.shutdown()
