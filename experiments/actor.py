@@ -15,10 +15,10 @@ Between commands the worker keeps calling ``scheme.receive()`` so that new weigh
 command, so that it acts with the newest version it can have. A channel's sends must not block
 the loop on a busy trainer (learning, or waiting for this very worker's acknowledgement of new
 weights): the pipe channel sends from a thread of its own, a rank's scheme applies weights on
-its receiving thread, a Ray worker's answers go into a queue. How many rollouts a worker collects ahead is the trainer's choice: one
-``COLLECT`` per rollout (``run.mode=async`` keeps two asked for, so a worker never waits). It
-never modifies its policy's parameters, which for ``shared-mem`` are views of a read-only
-snapshot.
+its receiving thread, a Ray worker's answers go into a queue. How many rollouts a worker
+collects ahead is the trainer's choice: one ``COLLECT`` per rollout (``run.mode=async`` keeps two
+asked for, so a worker never waits). It never modifies its policy's parameters, which for
+``shared-mem`` are views of a read-only snapshot.
 
 The environment and the policy come from factories (:class:`ActorSpec`): any env whose
 ``make_env(device=..., seed=...)`` gives an object with ``obs``, ``step`` and

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tensordict import TensorDictBase
 from torch import nn
 
 from weightsync.paths import resolve_model_id
 from weightsync.strategy import Weights, WeightStrategy
+from weightsync.tensordicts import is_tensordict
 
 
 def resolve_model(context: Any, model_id: str) -> Any:
@@ -50,7 +50,7 @@ def prepare_weights(
             )
         target = resolve_model_id(context, weights)
         return strategy.extract_weights(target) if isinstance(target, nn.Module) else target
-    if isinstance(weights, (TensorDictBase, dict)):
+    if isinstance(weights, dict) or is_tensordict(weights):
         return weights
     raise ValueError(
         f"cannot send weights of type {type(weights).__name__}; pass None, an nn.Module, a "

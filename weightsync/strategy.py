@@ -9,12 +9,12 @@ Internally every scheme moves :class:`~weightsync.weights.FlatWeights` (see
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_args
 
-from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 from weightsync.errors import WeightMismatchError
+from weightsync.tensordicts import empty_tensordict, is_tensordict
 from weightsync.weights import (
     EXTRA_STATE_KEY,
     STATE_DICT_EXTRA_SUFFIX,
@@ -26,6 +26,9 @@ from weightsync.weights import (
     weight_mismatches,
 )
 
+if TYPE_CHECKING:
+    from tensordict import TensorDictBase
+
 WeightFormat = Literal["tensordict", "state_dict"]
 WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
 #: The format every scheme and endpoint uses unless told otherwise (the reference API's
@@ -33,7 +36,7 @@ WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
 #: reference API: a bare ``WeightStrategy()`` and ``SharedMemWeightSyncScheme`` use
 #: ``"tensordict"``, TorchRL's own choice for them.
 DEFAULT_FORMAT: WeightFormat = "state_dict"
-Weights = TensorDictBase | dict
+Weights: TypeAlias = "TensorDictBase | dict"
 
 
 def _join(prefix: str, name: str) -> str:
@@ -47,7 +50,7 @@ def format_weights(flat: FlatWeights, extract_as: WeightFormat) -> Weights:
         for prefix, state in flat.extra.items():
             out[_join(prefix, STATE_DICT_EXTRA_SUFFIX)] = state
         return out
-    td = TensorDict()
+    td = empty_tensordict()
     for key, tensor in flat.tensors.items():
         td.set(tuple(key.split(".")), tensor)
     for prefix, state in flat.extra.items():
@@ -101,7 +104,7 @@ class WeightStrategy:
         """Return the weights of ``source`` in this strategy's format, sharing storage (no copy)."""
         if isinstance(source, nn.Module):
             return format_weights(module_weights(source), self.extract_as)
-        if isinstance(source, (TensorDictBase, dict)):
+        if isinstance(source, dict) or is_tensordict(source):
             return format_weights(flatten_weights(source), self.extract_as)
         raise ValueError(
             f"cannot extract weights from a {type(source).__name__}; expected an nn.Module, a "
@@ -129,7 +132,7 @@ class WeightStrategy:
         source = flatten_weights(weights)
         if isinstance(destination, nn.Module):
             target = module_weights(destination, live=True)
-        elif isinstance(destination, (TensorDictBase, dict)):
+        elif isinstance(destination, dict) or is_tensordict(destination):
             target = flatten_weights(destination)
         else:
             raise ValueError(
@@ -157,7 +160,7 @@ class WeightStrategy:
 
 def _store_extra(destination: TensorDictBase | dict, extra: Mapping[str, Any]) -> None:
     for prefix, state in extra.items():
-        if isinstance(destination, TensorDictBase):
+        if is_tensordict(destination):
             key = (*prefix.split("."), EXTRA_STATE_KEY) if prefix else EXTRA_STATE_KEY
             destination.set_non_tensor(key, state)
         else:

@@ -45,7 +45,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tensordict import TensorDict
 from torch import nn
 
 from weightsync import lifetime
@@ -323,6 +322,8 @@ def _tell_context(scheme: WeightSyncScheme) -> None:
     ``update_policy_weights_`` copies into the policy it runs and bumps its policy version."""
     update = getattr(scheme.context, "update_policy_weights_", None)
     if callable(update) and isinstance(scheme.model, nn.Module):
+        from tensordict import TensorDict  # a collector is driving: tensordict is loaded
+
         update(policy_or_weights=TensorDict.from_module(scheme.model))
 
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
 from torch import nn
 
 from weightsync.errors import NonFiniteWeightsError, UnmaterializedWeightsError, WeightSyncError
+from weightsync.tensordicts import is_tensordict, is_tensordict_class
 
 #: Key under which a module's ``get_extra_state()`` travels in the tensordict format.
 EXTRA_STATE_KEY = "__extra_state__"
@@ -200,7 +200,7 @@ def flatten_weights(weights: Any) -> FlatWeights:
     """
     if isinstance(weights, FlatWeights):
         return weights
-    if isinstance(weights, TensorDictBase):
+    if is_tensordict(weights):
         tensors: dict[str, torch.Tensor] = {}
         extra: dict[str, Any] = {}
         for key in weights.keys(include_nested=True, leaves_only=False, is_leaf=_is_td_leaf):
@@ -233,7 +233,7 @@ def flatten_weights(weights: Any) -> FlatWeights:
 
 def _is_td_leaf(cls: type) -> bool:
     # Non-tensor entries (extra state) are TensorDictBase subclasses but must count as leaves.
-    return not issubclass(cls, TensorDictBase) or cls.__name__ in (
+    return not is_tensordict_class(cls) or cls.__name__ in (
         "NonTensorData",
         "NonTensorStack",
     )

@@ -36,7 +36,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "weightsync"
 #: Lowest first. A module imports only modules of a lower layer, or of its own package
 #: (``weightsync.transports.pipe`` imports ``weightsync.transports.base``).
 LAYERS = [
-    {"errors", "extend", "launch", "lifetime", "timeouts"},
+    {"errors", "extend", "launch", "lifetime", "tensordicts", "timeouts"},
     {"paths", "shm", "weights"},
     {"flat", "strategy"},
     {"binding", "sources", "group"},

@@ -3,6 +3,9 @@ apply in place (same parameter objects, same device), and refuse what does not f
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -252,3 +255,21 @@ def test_weights_extracted_on_one_device_apply_to_a_model_on_another(fmt, direct
         if isinstance(tensor, torch.Tensor):
             assert torch.equal(destination.state_dict()[name].cpu(), tensor.cpu()), name
     assert destination.updates == 1
+
+
+def test_tensordict_is_imported_only_once_a_tensordict_is_made() -> None:
+    """``import tensordict`` costs seconds in every worker process: syncing state_dicts never
+    pays it; the first TensorDict made does."""
+    probe = (
+        "import sys, torch, weightsync\n"
+        "from torch import nn\n"
+        "source, target = nn.Linear(3, 2), nn.Linear(3, 2)\n"
+        "strategy = weightsync.WeightStrategy('state_dict')\n"
+        "strategy.apply_weights(target, strategy.extract_weights(source))\n"
+        "assert torch.equal(target.weight, source.weight)\n"
+        "print('tensordict' in sys.modules)\n"
+        "weights = weightsync.WeightStrategy('tensordict').extract_weights(source)\n"
+        "print('tensordict' in sys.modules, type(weights).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["False", "True TensorDict"], out.stdout + out.stderr

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tensordict import TensorDictBase
-
 from weightsync.schemes.base import WeightSyncScheme
 from weightsync.strategy import WeightFormat
+from weightsync.tensordicts import is_tensordict
 from weightsync.transports.shared_mem import SharedMemReader, SharedMemTransport
 
 
@@ -98,7 +97,7 @@ class SharedMemWeightSyncScheme(WeightSyncScheme, backend="shared-mem"):
         if (
             isinstance(weights, dict)
             and len(weights)
-            and all(isinstance(w, TensorDictBase) for w in weights.values())
+            and all(is_tensordict(w) for w in weights.values())
         ):
             return dict(weights)
         return {self.model_id: weights}
