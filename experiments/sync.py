@@ -24,22 +24,6 @@ from experiments.actor import MODEL_ID
 from experiments.common.stats import model_bytes
 from weightsync import PeerDiedError, SyncTimeoutError, WeightSyncScheme
 
-#: Backends whose one sync makes a single copy that every worker adopts in place (shared-mem: one
-#: snapshot; ray: one object-store put, which Ray pulls once to each other node with workers);
-#: any other backend (except ``none``, which moves nothing) copies the weights to each worker.
-ONE_COPY_FOR_ALL = frozenset({"shared-mem", "ray"})
-
-
-def copies_per_sync(backend: str, num_workers: int, hosts: int | None = None) -> int:
-    """How many full copies of the weights one sync of ``backend`` moves to ``num_workers``;
-    ``hosts``: the hosts it reaches, for a scheme that copies once per host (distributed with
-    ``topology=per_host``)."""
-    if backend == "none":
-        return 0
-    if hosts is not None:
-        return hosts
-    return 1 if backend in ONE_COPY_FOR_ALL else num_workers
-
 
 class SyncStep:
     """Sends the trainer's ``policy`` through ``scheme`` and measures each send.
@@ -96,10 +80,7 @@ class SyncStep:
         except (PeerDiedError, SyncTimeoutError) as err:
             self._failed(err)
             self._send_async(num_updates)  # the survivors still need the new weights
-        hosts = getattr(self.scheme.get_sender().transport, "hosts_served", None)
-        self.bytes_moved += self.model_bytes * copies_per_sync(
-            self.scheme.backend_name, len(self.receivers), hosts
-        )
+        self.bytes_moved += self.model_bytes * self.scheme.get_sender().transport.copies_per_send
         self._blocked_s = time.perf_counter() - began
 
     def wait(self) -> None:

@@ -30,6 +30,8 @@ from weightsync.transports import (
     SharedMemTransport,
 )
 from weightsync.transports.distributed import DistributedReceiver, DistributedSender
+from weightsync.transports.per_host import PerHostReceiver, PerHostSender
+from weightsync.transports.ray import RayReceiver, RaySender
 
 PACKAGE = Path(__file__).resolve().parents[2] / "weightsync"
 
@@ -164,10 +166,21 @@ def test_every_transport_implements_its_protocol(built_transports):
             assert isinstance(transport, protocol)
 
 
-def test_the_distributed_transports_declare_every_protocol_member():
-    """Built for real in test_scheme_distributed.py (they need a store and peers)."""
-    assert not _missing(DistributedSender, SenderTransport)
-    assert not _missing(DistributedReceiver, ReceiverTransport)
+@pytest.mark.parametrize(
+    ("sender", "receiver"),
+    [
+        (DistributedSender, DistributedReceiver),
+        (PerHostSender, PerHostReceiver),
+        (RaySender, RayReceiver),
+    ],
+)
+def test_the_multi_host_transports_declare_every_protocol_member(
+    sender: type, receiver: type
+) -> None:
+    """Built for real in test_scheme_distributed.py, test_scheme_per_host.py and
+    test_scheme_ray.py (they need a store and peers, or a Ray instance)."""
+    assert not _missing(sender, SenderTransport)
+    assert not _missing(receiver, ReceiverTransport)
 
 
 def test_importing_weightsync_installs_no_global_module_hooks():

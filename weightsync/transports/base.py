@@ -71,6 +71,13 @@ class SenderTransport(Protocol):
         """Bytes of shared memory the transport holds for its workers (snapshots, staging
         buffers); 0 when its buffers are private. What a benchmark reports as its memory."""
 
+    @property
+    def copies_per_send(self) -> int:
+        """Full copies of the weights one send moves out of the trainer's buffer: one per live
+        worker over private links, one for all over shared memory or an object store, one per
+        host with workers for a per-host fan-out, none when nothing moves. What the framework
+        counts as bytes moved."""
+
     def watch_processes(self, processes: Sequence[ProcessHandle] | None) -> None:
         """The workers' processes where the trainer knows them, indexed by worker id (read at
         each wait, so the sequence may be filled later): a wait for a worker also ends when its

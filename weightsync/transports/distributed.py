@@ -278,6 +278,11 @@ class DistributedSender:
         """Bytes of shared memory this transport holds: none (its buffers are private)."""
         return self.staging.shared_bytes
 
+    @property
+    def copies_per_send(self) -> int:
+        """One copy over each live worker's link."""
+        return len(self.workers.live)
+
     def watch_processes(self, processes: Sequence[ProcessHandle] | None) -> None:
         """The workers' processes, where the trainer started them (see
         :meth:`WorkerSet.watch`): a worker that dies before it joined, or while an update is

@@ -31,6 +31,7 @@ class NullSender:
         self._pipes = list(pipes or [])
 
     shared_bytes = 0
+    copies_per_send = 0
 
     @property
     def acked_versions(self) -> dict[int, int | None]:

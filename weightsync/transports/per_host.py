@@ -100,7 +100,7 @@ class PerHostSender(DistributedSender):
                     self.links[w]._fail(f"cannot be sent to ({err})")
 
     @property
-    def hosts_served(self) -> int:
+    def copies_per_send(self) -> int:
         """Hosts each update is copied to: one per remote host, plus the trainer's own when
         workers read its snapshots."""
         return len(self.relays) + (self.local is not None)

@@ -76,6 +76,11 @@ class PipeBroadcast:
         """Bytes of shared memory the staging buffers hold."""
         return self.staging.shared_bytes
 
+    @property
+    def copies_per_send(self) -> int:
+        """One copy down each live worker's pipe."""
+        return len(self.workers.live)
+
     def remove_workers(self, worker_ids: list[int]) -> None:
         """Stop sending to these workers (dead or retired); the others go on."""
         for w in self.workers.remove(worker_ids):

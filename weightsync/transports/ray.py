@@ -218,6 +218,12 @@ class RaySender:
             self._adopted = {w: adopted.get(w) for w in self.workers.live}
         return dict(self._adopted)
 
+    #: Its staging buffer is private; the versions live in Ray's object store, Ray's memory.
+    shared_bytes = 0
+    #: One object put per send; the object store pulls it to each other node once (Ray's own
+    #: transfers, not counted here).
+    copies_per_send = 1
+
     def watch_processes(self, processes: Sequence[ProcessHandle] | None) -> None:
         """Ray actors are not the trainer's processes: their deaths are asked of Ray
         (``actors``)."""

@@ -237,6 +237,9 @@ class SharedMemTransport:
         """Bytes of shared memory the snapshot buffers hold."""
         return sum(buffer_bytes(b) for ring in self.rings.values() for b in ring.buffers)
 
+    #: One snapshot written per send, which every worker adopts without a copy.
+    copies_per_send = 1
+
     def remove_workers(self, worker_ids: list[int]) -> None:
         """Stop serving these workers (dead or retired): free what they held, close their pipes."""
         for w in self.workers.remove(worker_ids):
