@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.run_py import exit_code_within
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -92,12 +94,7 @@ class Run:
         return json.loads((self.out_dir / "summary.json").read_text())
 
     def wait(self, within_s: float) -> int:
-        try:
-            return self.proc.wait(within_s)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"run.py still running after {within_s} s:\n{self.output()}"
-            ) from None
+        return exit_code_within(self.proc, within_s, self.output)
 
     def output(self, tail: int | None = 4000) -> str:
         self.log.flush()

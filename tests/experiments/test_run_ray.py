@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.run_py import exit_code_within
+
 pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,12 +75,7 @@ class MarkedRun:
         return self.log.read()[-6000:]
 
     def wait(self, within_s: float = 360.0) -> int:
-        try:
-            return self.proc.wait(within_s)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"run.py still running after {within_s} s:\n{self.output()}"
-            ) from None
+        return exit_code_within(self.proc, within_s, self.output)
 
     def summary(self) -> dict:
         return json.loads((self.out_dir / "summary.json").read_text())

@@ -5,11 +5,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The ``torchrun`` of the interpreter running the tests (its venv need not be on ``PATH``).
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+
+
+def exit_code_within(proc: subprocess.Popen, within_s: float, output: Callable[[], str]) -> int:
+    """``proc``'s exit code once it ends; an AssertionError with its ``output()`` if it is still
+    running after ``within_s`` s."""
+    try:
+        return proc.wait(within_s)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running after {within_s} s:\n{output()}") from None
 
 
 def launcher_env() -> dict[str, str]:
