@@ -19,7 +19,9 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -39,6 +41,7 @@ from weightsync.flat import FlatBuffer, FlatLayout
 from weightsync.launch import LaunchInfo
 from weightsync.transports import (
     Link,
+    PendingSends,
     as_bytes,
     decode_layout,
     empty_header,
@@ -164,6 +167,11 @@ class RankPool:
     Worker ``w`` is rank ``w + 1``; it cannot be spawned or killed from here, so a released one
     is only left alone (its link is never used again), and a dead one shows as a broken link or
     a sync error, never through :meth:`exit_reason`.
+
+    Commands leave without waiting for the worker to take them (gloo's send completes only when
+    the peer receives): in ``run.mode=async`` a worker may be sending a rollout while the trainer
+    asks it for the next one, and two blocking sends facing each other never complete. Each
+    command is kept with its tensor until the worker's answer to it shows it arrived.
     """
 
     def __init__(self, info: LaunchInfo, *, startup_timeout: float, bind: str | None = None):
@@ -172,7 +180,10 @@ class RankPool:
         self.startup_timeout = startup_timeout
         self.bind = bind
         self.links: dict[int, Link] = {}
-        self._headers: dict[int, tuple[Any, torch.Tensor]] = {}  # posted header receives
+        self._headers: dict[int, _Arrival] = {}  # each worker's next header, awaited
+        self._commands: dict[int, PendingSends] = defaultdict(PendingSends)  # not yet answered
+        self._sent: dict[int, int] = defaultdict(int)  # commands sent to each worker
+        self._answered: dict[int, int] = defaultdict(int)  # of those, answered (in order)
 
     def start(self) -> dict[str, Any]:
         """Join every worker rank's link (all at once: ranks start in any order) and wait for
@@ -208,11 +219,14 @@ class RankPool:
         return {}
 
     def send(self, worker: int, command: Command) -> None:
+        message = header(command)
         try:
-            self.links[worker].send(header(command), TO_WORKER).wait()
+            work = self.links[worker].send(message, TO_WORKER)
         except RuntimeError as err:
             why = f"cannot be reached ({_first_line(err)})"
             raise WorkerLost(worker, f"worker {worker} (rank {worker + 1}) {why}") from None
+        self._sent[worker] += 1
+        self._commands[worker].add(work, message, ("command", self._sent[worker]))
 
     def wait_any(self, workers: list[int], timeout: float) -> list[int]:
         deadline = time.monotonic() + timeout
@@ -228,12 +242,14 @@ class RankPool:
         data = torch.empty(nbytes, dtype=torch.uint8)
         self._recv(worker, meta, timeout, "deliver a rollout")
         self._recv(worker, data, timeout, "deliver a rollout")
+        self._got_answer(worker)
         return decode_rollout(bytes(meta.numpy()), data)
 
     def receive_report(self, worker: int, timeout: float) -> tuple[int, str]:
         _, version, length, _ = self._header(worker, timeout, "report its weights")
         digest = torch.empty(length, dtype=torch.uint8)
         self._recv(worker, digest, timeout, "report its weights")
+        self._got_answer(worker)
         return version, bytes(digest.numpy()).decode()
 
     def exit_reason(self, worker: int) -> str | None:
@@ -247,24 +263,31 @@ class RankPool:
         process (and with it every link) is gone."""
 
     def _arrived(self, w: int) -> bool:
-        try:
-            return self._posted_header(w)[0].is_completed()
-        except RuntimeError:
-            return True  # the link is broken: the receive that follows names the worker
+        """Whether worker ``w``'s next header is here (or its link broke: the receive that
+        follows names the worker)."""
+        return self._posted_header(w).done.is_set()
 
-    def _posted_header(self, w: int) -> tuple[Any, torch.Tensor]:
+    def _posted_header(self, w: int) -> _Arrival:
         """The receive of worker ``w``'s next header, posted now if it is not yet."""
         if w not in self._headers:
-            msg = empty_header()
-            self._headers[w] = (self.links[w].group.recv([msg], 1, TO_TRAINER), msg)
+            self._headers[w] = _Arrival(self.links[w])
         return self._headers[w]
 
-    def _header(self, w: int, timeout: float, doing: str) -> list[int]:
-        def posted() -> tuple[Any, torch.Tensor]:
-            self._posted_header(w)
-            return self._headers.pop(w)  # taken: the next header needs a receive of its own
+    def _got_answer(self, w: int) -> None:
+        """Worker ``w`` answered its oldest unanswered command: that one and every command
+        before it have arrived, and their sends are collected."""
+        self._answered[w] += 1
+        self._commands[w].settle(("command", self._answered[w]))
 
-        return self._receive(w, posted, timeout, doing).tolist()
+    def _header(self, w: int, timeout: float, doing: str) -> list[int]:
+        arrival = self._posted_header(w)
+        if not arrival.done.wait(timeout):  # still posted: a later call goes on waiting for it
+            raise WorkerLost(w, f"worker {w} (rank {w + 1}) did not {doing} within {timeout:g} s")
+        del self._headers[w]  # taken: the next header needs a receive of its own
+        if arrival.error is not None:
+            raise WorkerLost(w, f"worker {w} (rank {w + 1}) is gone: it did not {doing} "
+                                f"({_first_line(arrival.error)})")  # fmt: skip
+        return arrival.header.tolist()
 
     def _recv(self, w: int, tensor: torch.Tensor, timeout: float, doing: str) -> None:
         post = self.links[w].group.recv
@@ -282,6 +305,27 @@ class RankPool:
             why = "did not" if "Timed out" in str(err) else "is gone: it did not"
             raise WorkerLost(w, f"worker {w} (rank {w + 1}) {why} {doing} within {timeout:g} s "
                                 f"({_first_line(err)})") from None  # fmt: skip
+
+
+class _Arrival:
+    """The receive of a worker's next header, waited for on a thread of its own, so that whether
+    it arrived can be asked without blocking: gloo's ``is_completed()`` of a receive stays False
+    until someone's ``wait()`` returns, and a second ``wait()`` of the same receive would wait
+    for a message that is not coming."""
+
+    def __init__(self, link: Link) -> None:
+        self.header = empty_header()
+        self.done = threading.Event()
+        self.error: RuntimeError | None = None
+        threading.Thread(target=self._receive, args=(link,), name="header", daemon=True).start()
+
+    def _receive(self, link: Link) -> None:
+        try:
+            link.recv(self.header, TO_TRAINER)
+        except RuntimeError as err:  # the link broke: the worker is gone
+            self.error = err
+        finally:
+            self.done.set()
 
 
 # -------------------------------------------------------------------------------- worker side

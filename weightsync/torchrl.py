@@ -135,10 +135,14 @@ class CollectorSession:
             return {} if scheme.sync is not None else {"adoption_timeout": scheme.timeout}
         if self._receiving is None:
             self._receiving = _Receiving()
+        # The collector is told of each update with a TensorDict: tensordict is imported now,
+        # not by the first update's receiving thread (seconds between applying and telling).
+        from tensordict import TensorDict
+
         return {
             "materialize_meta": True,
             "apply_lock": self._receiving.lock,
-            "on_applied": lambda: _tell_context(scheme),
+            "on_applied": lambda: _tell_context(scheme, TensorDict),
         }
 
     def initialised(self, scheme: WeightSyncScheme) -> None:
@@ -317,14 +321,12 @@ def _receive_loop(receiver: Any, receiving: _Receiving, worker_idx: int | None) 
             return
 
 
-def _tell_context(scheme: WeightSyncScheme) -> None:
+def _tell_context(scheme: WeightSyncScheme, tensordict_class: type) -> None:
     """Cascade to the worker's collector as TorchRL's schemes do: its
     ``update_policy_weights_`` copies into the policy it runs and bumps its policy version."""
     update = getattr(scheme.context, "update_policy_weights_", None)
     if callable(update) and isinstance(scheme.model, nn.Module):
-        from tensordict import TensorDict  # a collector is driving: tensordict is loaded
-
-        update(policy_or_weights=TensorDict.from_module(scheme.model))
+        update(policy_or_weights=tensordict_class.from_module(scheme.model))
 
 
 class CollectorWorker:

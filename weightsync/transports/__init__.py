@@ -16,6 +16,7 @@ pieces that each do one job (see the README's architecture section):
 from weightsync.transports.base import ReceiverTransport, SenderTransport, TransportBackend, Update
 from weightsync.transports.c10d import (
     Link,
+    PendingSends,
     as_bytes,
     decode_layout,
     empty_header,
@@ -39,6 +40,7 @@ __all__ = [
     "NullReceiver",
     "NullSender",
     "NullTransport",
+    "PendingSends",
     "PipeBroadcast",
     "PipeReader",
     "ProcessHandle",
