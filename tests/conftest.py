@@ -5,7 +5,10 @@ the network: the metric backends are kept offline for the whole run (``OFFLINE``
 from __future__ import annotations
 
 import os
+import signal
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +59,32 @@ def no_leaked_shared_memory() -> Iterator[None]:
     """Fail a test that leaves a new entry of its own in /dev/shm behind."""
     with _no_leaked_shared_memory():
         yield
+
+
+def _sigint_state() -> tuple[object, bool, bool]:
+    """This process's SIGINT: its Python handler, and whether it is ignored or blocked at the
+    C level (what a child process inherits across exec)."""
+    bit = 1 << (2 - 1)  # SIGINT is signal 2
+    status = Path("/proc/self/status").read_text().splitlines()
+    fields = dict(line.split(":\t") for line in status if line.startswith(("SigIgn", "SigBlk")))
+    return (
+        signal.getsignal(signal.SIGINT),
+        bool(int(fields["SigIgn"], 16) & bit),
+        bool(int(fields["SigBlk"], 16) & bit),
+    )
+
+
+@pytest.fixture(autouse=True)
+def sigint_left_as_found() -> Iterator[None]:
+    """Warn about (and undo) a test that leaves SIGINT handled, ignored or blocked otherwise
+    than it found it: every run.py a later test starts would inherit it, and a Ctrl-C test of
+    that worker then sees a run that cannot be interrupted."""
+    before = _sigint_state()
+    yield
+    after = _sigint_state()
+    if after != before:
+        signal.signal(signal.SIGINT, before[0])
+        if after[2] and not before[2]:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+        warnings.warn(f"this test left SIGINT (handler, ignored, blocked) {before} -> {after}",
+                      stacklevel=1)  # fmt: skip

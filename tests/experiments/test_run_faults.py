@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.run_py import exit_code_within
+from tests.helpers.run_py import as_from_a_terminal, exit_code_within
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
@@ -63,6 +63,7 @@ class Run:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=as_from_a_terminal,
         )
         self.workers: list[int] = []
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.run_py import exit_code_within
+from tests.helpers.marked import kill_marked
+from tests.helpers.marked import marked as find_marked
+from tests.helpers.run_py import as_from_a_terminal, exit_code_within
 
 pytest.importorskip("ray")
 
@@ -33,24 +35,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 def marked(marker: str) -> dict[int, str]:
-    """Live processes whose environment carries ``marker``: pid -> command line."""
-    found = {}
-    needle = f"{MARKER}={marker}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle not in f.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-    return found
+    """Live processes a run with ``marker`` started: pid -> command line."""
+    return find_marked(MARKER, marker)
 
 
 class MarkedRun:
@@ -67,6 +53,7 @@ class MarkedRun:
             [sys.executable, "run.py", f"hydra.run.dir={self.out_dir}", *SLOW, *args],
             cwd=REPO, env=environ, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=as_from_a_terminal,
         )  # fmt: skip
 
     def output(self) -> str:
@@ -102,8 +89,7 @@ class MarkedRun:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-        for pid in marked(self.marker):
-            os.kill(pid, signal.SIGKILL)
+        kill_marked(MARKER, self.marker)
         self.log.close()
 
 
@@ -173,8 +159,7 @@ def test_a_run_joins_a_running_ray_instance_and_leaves_it_running(start_run, tmp
         left = marked(marker)
         assert any("gcs_server" in cmd for cmd in left.values()), left  # ... the instance is not
     finally:
-        for pid in marked(marker):
-            os.kill(pid, signal.SIGKILL)
+        kill_marked(MARKER, marker)
 
 
 def free_port() -> int:
@@ -201,5 +186,4 @@ def test_a_sweep_through_the_ray_launcher_compares_ray_and_pipe(tmp_path: Path) 
         for job in ("0", "1"):
             assert json.loads((tmp_path / job / "summary.json").read_text())["weights_match"]
     finally:
-        for pid in marked(marker):
-            os.kill(pid, signal.SIGKILL)
+        kill_marked(MARKER, marker)

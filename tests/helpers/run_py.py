@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,6 +12,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 #: The ``torchrun`` of the interpreter running the tests (its venv need not be on ``PATH``).
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+
+
+def as_from_a_terminal() -> None:
+    """``preexec_fn`` for a run.py that a test interrupts with Ctrl-C: SIGINT handled by default
+    and not blocked, as in a shell's foreground job, whatever the test process inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
 
 
 def exit_code_within(proc: subprocess.Popen, within_s: float, output: Callable[[], str]) -> int:

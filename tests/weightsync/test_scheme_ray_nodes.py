@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.marked import kill_marked
 from weightsync import RayWeightSyncScheme
 
 ray = pytest.importorskip("ray")
@@ -75,26 +75,11 @@ def two_nodes() -> Iterator[str]:
         yield address
     finally:
         ray.shutdown()
-        for pid in marked(marker):
-            os.kill(pid, signal.SIGKILL)
+        kill_marked(MARKER, marker)
         os.environ.pop(MARKER, None)
         os.environ.pop("RAY_AUTH_MODE", None)
         sh("ip", "link", "del", HOST_IF)
         sh("ip", "netns", "del", NETNS)
-
-
-def marked(marker: str) -> list[int]:
-    needle = f"{MARKER}={marker}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if needle in f.read().split(b"\0"):
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
 
 
 def veth_bytes() -> int:
