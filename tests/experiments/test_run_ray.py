@@ -108,11 +108,12 @@ def start_run(tmp_path: Path):
 
 
 def test_a_ray_run_matches_the_weights_and_leaves_no_ray_process(start_run) -> None:
-    run = start_run("sync=ray", "experiment=smoke")
+    """Asynchronous, with V-trace (the launcher sweep below runs sync=ray synchronously)."""
+    run = start_run("sync=ray", "experiment=smoke", "run.mode=async", "learner.correction=vtrace")
     assert run.wait() == 0, run.output()
     summary = run.summary()
-    assert (summary["status"], summary["sync"], summary["weights_match"]) == (
-        "completed", "ray", True,
+    assert (summary["status"], summary["sync"], summary["mode"], summary["weights_match"]) == (
+        "completed", "ray", "async", True,
     ), run.output()  # fmt: skip
     assert summary["trainer_version"] == max(w["version"] for w in summary["workers"].values())
     run.assert_nothing_left()

@@ -61,6 +61,19 @@ def test_each_workload_family_runs_with_each_scheme(sweep, family: str, sync: st
     assert summary["weights_match"] is (sync != "none"), summary["workers"]
 
 
+def test_each_workload_family_runs_asynchronously(tmp_path: Path) -> None:
+    """run.mode=async with every family: workers that never wait, uint8 frames included."""
+    result = run_py(
+        "-m", f"env={','.join(FAMILIES)}", "run.mode=async", "sync=pipe", *TINY,
+        f"hydra.sweep.dir={tmp_path}", timeout=840,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for family in FAMILIES:
+        summary = _job(tmp_path, family, "pipe")
+        assert (summary["status"], summary["mode"]) == ("completed", "async"), summary["error"]
+        assert summary["num_updates"] == 2 and summary["weights_match"] is True, summary
+
+
 def test_atari_frames_cross_machines_under_torchrun(tmp_path: Path) -> None:
     """uint8 frames through the rollout links, a CNN's weights through sync=distributed."""
     out = tmp_path / "run"
