@@ -167,7 +167,8 @@ class WorkerPool:
 
     def start(self) -> dict[str, Any]:
         """Spawn the workers and wait until each is ready; the scheme reaches them through their
-        weight pipes."""
+        weight pipes and watches their processes (a worker that dies is named at once, with its
+        exit code, not after the sync's timeout)."""
         ctx = mp.get_context("spawn")
         child_ends = []
         for w in range(self.num_workers):
@@ -200,7 +201,7 @@ class WorkerPool:
                 raise RunStopped(str(err)) from None
             if answer != READY:
                 raise RunStopped(f"worker {w} sent something other than {READY!r} on start-up")
-        return {"pipes": self._weights}
+        return {"pipes": self._weights, "processes": self._processes}
 
     def send(self, worker: int, command: Command) -> None:
         try:
