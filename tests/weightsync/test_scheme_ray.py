@@ -89,6 +89,29 @@ def test_every_actor_adopts_each_version_from_the_object_store(actors: list) -> 
     assert ray.get([a.closed.remote() for a in actors]) == [True, True]
 
 
+def test_given_weights_reach_the_actors_and_never_the_trainers_model(actors: list) -> None:
+    """``send(weights=...)`` while the trainer's model lives in the staging buffer: the given
+    weights are staged apart, so the model keeps its own (and the next plain send sends them)."""
+    policy = make_model()
+    scheme = connected(policy, actors)
+    try:
+        own = {k: v.clone() for k, v in policy.state_dict().items()}
+        other = {k: v + 5.0 for k, v in own.items()}
+        scheme.send(weights=other)
+        assert all(torch.equal(policy.state_dict()[k], v) for k, v in own.items())
+        ray.get([a.receive.remote() for a in actors])
+        for actor in actors:
+            held = ray.get(actor.weights.remote())
+            assert all(torch.equal(held[k], v) for k, v in other.items())
+        scheme.send()
+        ray.get([a.receive.remote() for a in actors])
+        for actor in actors:
+            held = ray.get(actor.weights.remote())
+            assert all(torch.equal(held[k], v) for k, v in own.items())
+    finally:
+        scheme.shutdown()
+
+
 def test_a_refusal_is_named_by_worker_and_leaves_its_model_as_it_was(actors: list) -> None:
     policy = make_model()
     scheme = connected(policy, actors)

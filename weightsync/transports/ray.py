@@ -39,6 +39,7 @@ from weightsync import lifetime
 from weightsync.errors import PeerDiedError, SyncTimeoutError
 from weightsync.flat import FlatBuffer, FlatLayout
 from weightsync.transports.base import Update
+from weightsync.transports.staging import Staging
 from weightsync.transports.workers import Failures, ProcessHandle, WorkerSet
 from weightsync.weights import FlatWeights
 
@@ -201,7 +202,7 @@ class RaySender:
                 f"the trainer's Ray board actor did not start within {timeout:g} s (a loaded "
                 "node, or no room in the cluster); raise the scheme's timeout"
             ) from None
-        self._staging: FlatBuffer | None = None
+        self.staging = Staging(shared=False)  # private: the object store holds the copies
         self._putter = ThreadPoolExecutor(1, thread_name_prefix="weightsync-ray-put")
         self._posting: Future | None = None
         self._pending: tuple[str, int, list[int]] | None = None  # model id, version, workers
@@ -218,8 +219,12 @@ class RaySender:
             self._adopted = {w: adopted.get(w) for w in self.workers.live}
         return dict(self._adopted)
 
-    #: Its staging buffer is private; the versions live in Ray's object store, Ray's memory.
-    shared_bytes = 0
+    @property
+    def shared_bytes(self) -> int:
+        """None of its own: its staging buffers are private; the versions live in Ray's object
+        store, Ray's memory."""
+        return self.staging.shared_bytes
+
     #: One object put per send; the object store pulls it to each other node once (Ray's own
     #: transfers, not counted here).
     copies_per_send = 1
@@ -231,15 +236,12 @@ class RaySender:
     def source_buffer(self, weights: FlatWeights) -> FlatBuffer:
         """The trainer's model may live in the buffer that is put: a send then copies it once,
         into the object store."""
-        return self._staging_for(weights)
+        return self.staging.source(weights)
 
     def retired(self, buffer: FlatBuffer) -> bool:
-        return False  # the object store holds copies: the trainer's buffer is never shared
-
-    def _staging_for(self, weights: FlatWeights) -> FlatBuffer:
-        if self._staging is None or self._staging.mismatches(weights):
-            self._staging = FlatBuffer.for_weights(weights, shared=False)
-        return self._staging
+        """Only when the weights outgrew it (the object store holds copies: no worker reads
+        the trainer's buffer, so none is ever retired for a failed one)."""
+        return self.staging.retired(buffer)
 
     def start(
         self,
@@ -251,12 +253,7 @@ class RaySender:
         source: FlatBuffer | None = None,
     ) -> None:
         targets = self.workers.targets(worker_ids)
-        buffer = source
-        if buffer is None:
-            buffer = self._staging_for(weights)
-            buffer.write(weights)
-        elif weights.extra:
-            buffer.write_extra(weights.extra)
+        _, buffer = self.staging.stage(weights, source)  # never into the model for given weights
         self._posting = self._putter.submit(self._post, version, buffer, targets)
         self._pending = (model_id, version, targets)
 
