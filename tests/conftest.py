@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers.processes import Processes
 from tests.helpers.shm import no_leaked_shared_memory as _no_leaked_shared_memory
@@ -25,6 +26,15 @@ OFFLINE = {
     "DO_NOT_TRACK": "true",
 }
 os.environ.update(OFFLINE)
+
+# One intra-op thread per process, here and (through the environment) in every process a test
+# starts that does not choose its own (run.py's processes take run.torch_threads). The suite runs
+# one test process per core beside the processes the tests spawn; torch's default of a thread per
+# core oversubscribes the cores, and OpenMP's spinning threads then made an in-process learning
+# test ten to forty times slower than it is alone (2 s alone, 95 s in the full suite, 2 cores).
+TORCH_THREADS = 1
+os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
+torch.set_num_threads(TORCH_THREADS)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
