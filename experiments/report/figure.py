@@ -7,6 +7,10 @@ line per row with the labels once at the left, so 2 or 50 rows stay legible; wit
 :data:`CURVE_LIMIT` rows the curves show the best :data:`BEST_CURVES` by final return and the
 title says so. A panel shows every numeric summary field its prefix selects, so a new field
 (``staleness_p95``) appears in its panel without a change here.
+
+matplotlib is imported where a figure is drawn, not with this module: Hydra builds the sweep
+callback that imports it in every ``run.py`` process, and a single run draws nothing (the import
+is a second of its start-up).
 """
 
 from __future__ import annotations
@@ -14,13 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.transforms import offset_copy
+from typing import TYPE_CHECKING, Any
 
 from experiments.report.jobs import Row
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CURVE_LIMIT = 12
 BEST_CURVES = 8
@@ -62,6 +65,8 @@ def comparison_figure(rows: list[Row], fields: list[str], title: str) -> Figure:
 
     Curves and bars are two subfigures, each laid out on its own: the curves' legend takes
     width from the curves only, the row labels from the bars only."""
+    from matplotlib.figure import Figure
+
     panels = [(panel, panel.fields(fields)) for panel in PANELS if panel.fields(fields)]
     bars_in = max(2.4, ROW_IN * len(rows) + 1.2)
     figure = Figure(figsize=(WIDTH_IN, CURVES_IN + bars_in + 0.4), layout="constrained")
@@ -116,6 +121,8 @@ def _plot_curves(axes: Any, rows: list[Row]) -> None:
 
 def figure_colours(count: int) -> list[Any]:
     """``count`` distinct colours (tab10, or tab20 for more than 10)."""
+    from matplotlib import colormaps
+
     palette = colormaps["tab10" if count <= 10 else "tab20"]
     return [palette(i % palette.N) for i in range(count)]
 
@@ -142,6 +149,8 @@ def _plot_bars(axes: Any, panel: Panel, fields: list[str], rows: list[Row], labe
     axes.set_ylim(len(rows) - 0.5, -0.5)  # the first job at the top
     axes.grid(axis="x", alpha=0.3)
     if len(fields) > 1:  # below the axis, clear of the bars, a fixed distance under the ticks
+        from matplotlib.transforms import offset_copy
+
         below = offset_copy(axes.transAxes, fig=axes.figure, y=-0.25, units="inches")
         axes.legend(
             fontsize="small", loc="upper center", bbox_to_anchor=(0.5, 0.0),

@@ -23,10 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import yaml
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
 from experiments.report.jobs import Job
@@ -102,6 +99,7 @@ def write_search_figures(sweep_dir: Path, search: Search, jobs: list[Job]) -> li
     if not isinstance(search.direction, str):
         return ["No search figures: the search has several objectives."]
     # Optuna is an optional extra (sweeps): imported only once an Optuna sweep ran, so it is there.
+    import matplotlib  # where a figure is drawn, as in experiments/report/figure.py
     import optuna
     from matplotlib import pyplot  # Optuna draws on pyplot's figures
 
@@ -182,6 +180,7 @@ def rebuilt_study(search: Search, jobs: list[Job]) -> Any:
 
 def history_figure(study: Any, objective: str) -> Any:
     """Optuna's optimisation history, its trials numbered as the sweep's jobs are."""
+    from matplotlib.ticker import MaxNLocator
     from optuna.visualization import matplotlib as optuna_plots
 
     axes = optuna_plots.plot_optimization_history(study, target_name=objective)
@@ -191,8 +190,10 @@ def history_figure(study: Any, objective: str) -> Any:
     return axes
 
 
-def importances_figure(importances: dict[str, float], objective: str) -> Figure:
+def importances_figure(importances: dict[str, float], objective: str) -> Any:
     """Optuna's parameter importances as horizontal bars, the most important on top."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(7.0, 1.4 + 0.4 * len(importances)), layout="constrained")
     axes = figure.add_subplot()
     names = list(importances)
@@ -210,6 +211,8 @@ def _varies(trials: list[Any], key: str) -> bool:
 
 def _figure_of(axes: Any) -> Any:
     """The figure of what an Optuna plot returns: one Axes or an array of them."""
+    from matplotlib.figure import Figure
+
     if isinstance(axes, Figure):
         return axes
     first = axes.flat[0] if hasattr(axes, "flat") else axes
