@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from run import objective
+from experiments.job import objective
 from tests.helpers.run_py import run_py
 from tests.helpers.shm import leaked_since, shm_entries
 from tests.helpers.tensorboard import read_tensorboard_scalars
