@@ -5,7 +5,7 @@ the trainer through a :class:`Channel` (a pipe pair for a spawned worker, a c10d
 torchrun/Slurm rank: ``experiments/pool.py`` and ``experiments/distributed.py``) and receives
 weights through the weight-sync scheme. The trainer sends :class:`Command` s:
 
-* ``COLLECT`` -> one rollout (:func:`rollout_message`), tagged with the weight version that
+* ``COLLECT`` -> one :class:`~experiments.rollout.Rollout`, tagged with the weight version that
   produced it;
 * ``REPORT`` -> ``(version, checksum)`` of the weights it holds;
 * ``STOP`` -> exit.
@@ -33,14 +33,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from omegaconf import DictConfig
-from tensordict import TensorDict
 from torch import nn
 
 from experiments.checksum import weights_checksum
-from experiments.config import resolve_device
-from experiments.factory import env_factory, policy_factory
-from experiments.rollout import collect_rollout
+from experiments.rollout import Rollout, collect_rollout
 from weightsync import WeightSyncScheme
 
 MODEL_ID = "policy"
@@ -57,7 +53,8 @@ class Command(enum.IntEnum):
 
 @dataclass
 class ActorSpec:
-    """Everything a worker needs to build its copy of the world (pickled to a spawned process)."""
+    """Everything a worker needs to build its copy of the world (pickled to a spawned process;
+    ``experiments.factory.actor_spec`` makes one from the run's config)."""
 
     make_env: Callable[..., Any]
     make_policy: Callable[[], nn.Module]
@@ -65,17 +62,6 @@ class ActorSpec:
     device: str
     seed: int
     torch_threads: int
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> ActorSpec:
-        return cls(
-            make_env=env_factory(cfg),
-            make_policy=policy_factory(cfg),
-            rollout_steps=cfg.run.rollout_steps,
-            device=str(resolve_device(cfg.device.worker)),
-            seed=cfg.seed,
-            torch_threads=cfg.run.torch_threads,
-        )
 
 
 class Channel(Protocol):
@@ -88,26 +74,11 @@ class Channel(Protocol):
         """The next command, or None if none came within ``timeout`` s (a channel that cannot
         wait with a limit may block until one comes)."""
 
-    def send_rollout(self, rollout: TensorDict) -> None:
-        """Ship one rollout (a :func:`rollout_message`) to the trainer."""
+    def send_rollout(self, rollout: Rollout) -> None:
+        """Ship one rollout to the trainer."""
 
     def send_report(self, version: int, digest: str) -> None:
         """Answer ``REPORT``: the weight version held and its :func:`weights_checksum`."""
-
-
-def rollout_message(
-    trajectory: TensorDict, episode_returns: torch.Tensor, version: int
-) -> TensorDict:
-    """What a worker ships per rollout: the ``[T, B]`` trajectory (with the behaviour policy's
-    ``log_prob``), the returns of episodes that ended in it, and the weight version that acted."""
-    return TensorDict(
-        {
-            "trajectory": trajectory,
-            "episode_returns": episode_returns,
-            "policy_version": torch.tensor(version),
-        },
-        batch_size=[],
-    ).to("cpu")
 
 
 def run_actor(
@@ -146,7 +117,8 @@ def run_actor(
         if command == Command.COLLECT:
             version = receiver.version
             trajectory = collect_rollout(env, policy, spec.rollout_steps, generator=sampler)
-            channel.send_rollout(rollout_message(trajectory, env.pop_finished_returns(), version))
+            rollout = Rollout(trajectory, env.pop_finished_returns(), version)
+            channel.send_rollout(rollout.to("cpu"))
         elif command == Command.REPORT:
             channel.send_report(receiver.version, weights_checksum(policy))
         else:

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from tensordict import TensorDict
 
 from experiments.crew import Crew
+from experiments.rollout import Rollout, Trajectory
 
 ASYNC_REQUESTS_PER_WORKER = 2  # one being collected, one asked for: a worker never waits
 
@@ -52,7 +52,7 @@ class StalenessBound:
 class Batch:
     """What one iteration learns on, and what collecting it took."""
 
-    trajectory: TensorDict  # [T, B]: the kept rollouts side by side
+    trajectory: Trajectory  # [T, B]: the kept rollouts side by side
     staleness: list[int]  # of each kept rollout
     num_rollouts: int  # kept
     dropped: int = 0  # rollouts beyond run.max_staleness, not learned on
@@ -78,31 +78,30 @@ class Collection:
 
     def next(self, iteration: int, num_updates: int) -> Batch:
         """Iteration ``iteration``'s batch; the learner has made ``num_updates`` updates."""
-        kept: list[tuple[TensorDict, int]] = []
-        batch = Batch(trajectory=TensorDict(), staleness=[], num_rollouts=0)
+        kept: list[tuple[Trajectory, int]] = []
+        batch = Batch(trajectory={}, staleness=[], num_rollouts=0)
         while not kept:  # only a batch whose every rollout was dropped goes round again
             wanted = len(self.crew.active)
             while len(kept) < wanted:
                 for rollout in self._arrivals(wanted - len(kept)):
                     staleness = (
-                        num_updates
-                        - self.crew.sync.updates_in_version[int(rollout["policy_version"])]
+                        num_updates - self.crew.sync.updates_in_version[rollout.policy_version]
                     )
-                    batch.frames += rollout["trajectory"].numel()
-                    batch.episode_returns += rollout["episode_returns"].tolist()
+                    batch.frames += rollout.frames
+                    batch.episode_returns += rollout.episode_returns.tolist()
                     weight = self.bound.weight(staleness)
                     if weight == 0.0:
                         batch.dropped += 1
                         continue
-                    trajectory = rollout["trajectory"]
+                    trajectory = rollout.trajectory
                     if self.bound.weighs:
-                        trajectory["sample_weight"] = torch.full(trajectory.shape, weight)
+                        trajectory["sample_weight"] = torch.full_like(trajectory["reward"], weight)
                     kept.append((trajectory, staleness))
                 if self.mode == "sync":
                     break  # one rollout per worker: what was dropped is asked for again below
             if self.mode == "sync" and (not kept or iteration < self.num_iterations):
                 self.crew.request_rollouts()
-        batch.trajectory = torch.cat([t for t, _ in kept], dim=1)
+        batch.trajectory = {key: torch.cat([t[key] for t, _ in kept], dim=1) for key in kept[0][0]}
         batch.staleness = [s for _, s in kept]
         batch.num_rollouts = len(kept)
         return batch
@@ -111,7 +110,7 @@ class Collection:
         """Take in the rollouts still asked for (async), so the workers' reports come next."""
         self.crew.drain()
 
-    def _arrivals(self, n: int) -> list[TensorDict]:
+    def _arrivals(self, n: int) -> list[Rollout]:
         if self.mode == "async":
             return self.crew.take(n)
         return self.crew.gather()

@@ -22,10 +22,10 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
-from tensordict import TensorDict
 from torch import nn
 
 from experiments.actor import Command
+from experiments.rollout import Rollout
 from experiments.sync import SyncStep
 from experiments.workers import WorkerLost, Workers
 from weightsync import WeightSyncScheme
@@ -85,15 +85,15 @@ class Crew:
         """Ask every live worker for its next rollout (they collect in parallel)."""
         self._each(self._request)
 
-    def gather(self) -> list[TensorDict]:
+    def gather(self) -> list[Rollout]:
         """The rollout each live worker was asked for, in worker order (survivors only)."""
         return self._each(self._receive)
 
-    def take(self, n: int) -> list[TensorDict]:
+    def take(self, n: int) -> list[Rollout]:
         """The next ``n`` rollouts to arrive, from whichever workers deliver first; each worker
         that delivers is at once asked for one more, so it never waits (``run.mode=async``).
         A worker whose oldest request is ``rollout_timeout`` s old counts as lost."""
-        rollouts: list[TensorDict] = []
+        rollouts: list[Rollout] = []
         while len(rollouts) < n:
             for w in self.workers.wait_any(self._asked(), POLL_S):
                 if w in self.active:  # not dropped meanwhile
@@ -114,7 +114,7 @@ class Crew:
         self.workers.send(w, Command.COLLECT)
         self._requested[w].append(time.monotonic())
 
-    def _receive(self, w: int) -> TensorDict:
+    def _receive(self, w: int) -> Rollout:
         rollout = self.workers.receive_rollout(w, self.rollout_timeout)
         self._requested[w].popleft()
         return rollout

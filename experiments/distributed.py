@@ -10,8 +10,9 @@ spawned worker (:func:`experiments.actor.run_actor`), over a :class:`RankChannel
 Commands and rollouts travel over one private two-rank gloo link per worker
 (:class:`weightsync.transports.Link`), built from a store of their own on
 ``MASTER_PORT + ROLLOUT_PORT_OFFSET`` (the scheme's store is on ``MASTER_PORT + 1``; torchrun's own
-on ``MASTER_PORT``). A rollout is a TensorDict tagged with ``policy_version``, sent as one
-contiguous buffer after a JSON description of its keys, dtypes, shapes and batch sizes: no pickles.
+on ``MASTER_PORT``). A rollout (:class:`~experiments.rollout.Rollout`) is sent as one contiguous
+buffer after a JSON description of its tensors (keys, dtypes, shapes) and its weight version: no
+pickles.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from tensordict import TensorDict, TensorDictBase
 
-from experiments.actor import ActorSpec, Command, run_actor
+from experiments.actor import Command, run_actor
 from experiments.common.config import ConfigError, plain
 from experiments.common.schemes import build_scheme
 from experiments.crew import RunStopped
+from experiments.factory import actor_spec
+from experiments.rollout import Rollout
 from experiments.workers import WorkerLost
 from weightsync import DistributedWeightSyncScheme, WeightSyncScheme
 from weightsync.flat import FlatBuffer, FlatLayout
@@ -132,32 +134,28 @@ def build_launched_scheme(cfg: DictConfig, info: LaunchInfo) -> WeightSyncScheme
 
 
 # --------------------------------------------------------------------------------- rollouts
-def encode_rollout(rollout: TensorDictBase) -> tuple[bytes, torch.Tensor]:
+EPISODE_RETURNS = "episode_returns"  # the one key of a rollout's buffer beside the trajectory's
+
+
+def encode_rollout(rollout: Rollout) -> tuple[bytes, torch.Tensor]:
     """A rollout as (JSON description, one contiguous byte buffer)."""
-    flat = rollout.flatten_keys(".")
-    weights = FlatWeights(dict(flat.items()))
+    weights = FlatWeights({**rollout.trajectory, EPISODE_RETURNS: rollout.episode_returns})
     buffer = FlatBuffer(FlatLayout.for_weights(weights), shared=False)
     buffer.write(weights)
-    batch_sizes = {".".join(key) if isinstance(key, tuple) else key: list(sub.batch_size)
-                   for key, sub in rollout.items(include_nested=True, leaves_only=False)
-                   if isinstance(sub, TensorDictBase)}  # fmt: skip
     meta = {
         "layout": json.loads(encode_layout(buffer.layout, [])),
-        "batch_size": list(rollout.batch_size),
-        "batch_sizes": batch_sizes,
+        "policy_version": rollout.policy_version,
     }
     return json.dumps(meta).encode(), buffer.data
 
 
-def decode_rollout(meta: bytes, data: torch.Tensor) -> TensorDict:
-    """The TensorDict :func:`encode_rollout` described (views into ``data``)."""
+def decode_rollout(meta: bytes, data: torch.Tensor) -> Rollout:
+    """The rollout :func:`encode_rollout` described (views into ``data``)."""
     doc = json.loads(meta.decode())
     layout, _ = decode_layout(json.dumps(doc["layout"]).encode())
-    views = FlatBuffer(layout, data, shared=False).views()
-    rollout = TensorDict(dict(views), batch_size=doc["batch_size"]).unflatten_keys(".")
-    for key, size in sorted(doc["batch_sizes"].items(), key=lambda kv: kv[0].count(".")):
-        rollout.get(tuple(key.split("."))).batch_size = torch.Size(size)
-    return rollout
+    views = dict(FlatBuffer(layout, data, shared=False).views())
+    episode_returns = views.pop(EPISODE_RETURNS)
+    return Rollout(views, episode_returns, doc["policy_version"])
 
 
 # ------------------------------------------------------------------------------- trainer side
@@ -236,7 +234,7 @@ class RankPool:
                 return arrived
             time.sleep(POLL_S)
 
-    def receive_rollout(self, worker: int, timeout: float) -> TensorDict:
+    def receive_rollout(self, worker: int, timeout: float) -> Rollout:
         _, meta_len, nbytes, _ = self._header(worker, timeout, "deliver a rollout")
         meta = torch.empty(meta_len, dtype=torch.uint8)
         data = torch.empty(nbytes, dtype=torch.uint8)
@@ -345,7 +343,7 @@ class RankChannel:
         self.link.recv(msg, TO_WORKER)
         return Command(msg[0].item())
 
-    def send_rollout(self, rollout: TensorDict) -> None:
+    def send_rollout(self, rollout: Rollout) -> None:
         meta, data = encode_rollout(rollout)
         _send_all(self.link, header(ROLLOUT, len(meta), data.numel()), as_bytes(meta), data)
 
@@ -363,7 +361,7 @@ def serve_rank(cfg: DictConfig, info: LaunchInfo) -> None:
     link = Link(store, f"experiments/rollouts/{w}", 1, timeout=cfg.run.startup_timeout,
                 bind=OmegaConf.select(cfg, "sync.bind"))  # fmt: skip
     try:
-        run_actor(ActorSpec.from_config(cfg), w, scheme, RankChannel(link), {"worker_id": w})
+        run_actor(actor_spec(cfg), w, scheme, RankChannel(link), {"worker_id": w})
     except RuntimeError as err:  # rank 0 is gone: nobody is left to work for
         log.warning("worker %d: the trainer is gone (%s); exiting", w, _first_line(err))
     finally:

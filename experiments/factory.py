@@ -17,7 +17,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from experiments.actor import ActorSpec
 from experiments.common.config import plain
+from experiments.config import resolve_device
 from experiments.learner import PolicyGradientLearner
 from experiments.loggers import MetricLogger
 from experiments.workload import env_spaces
@@ -33,6 +35,18 @@ def policy_factory(cfg: DictConfig) -> Callable[[], nn.Module]:
     spaces = env_spaces(cfg)
     return functools.partial(
         instantiate(plain(cfg.model), _partial_=True), spaces.observation, spaces.action
+    )
+
+
+def actor_spec(cfg: DictConfig) -> ActorSpec:
+    """What every worker of the run builds its environment and policy from."""
+    return ActorSpec(
+        make_env=env_factory(cfg),
+        make_policy=policy_factory(cfg),
+        rollout_steps=cfg.run.rollout_steps,
+        device=str(resolve_device(cfg.device.worker)),
+        seed=cfg.seed,
+        torch_threads=cfg.run.torch_threads,
     )
 
 

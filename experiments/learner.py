@@ -10,15 +10,17 @@ minimise the loss; they differ only in its policy term and in their defaults.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from tensordict import TensorDict
 from torch import Tensor, nn
 
 from experiments.correction import CORRECTIONS, truncated_importance_weights, vtrace
 from experiments.models import ActorCritic
+
+#: A batch of named tensors sharing their leading dimensions (``[T, B]`` or flat ``[N]``).
+Batch = Mapping[str, Tensor]
 
 METRICS = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 
@@ -55,14 +57,14 @@ def compute_gae(
 
 def prepare_batch(
     model: ActorCritic,
-    batch: TensorDict,
+    batch: Batch,
     correction: str,
     gamma: float,
     gae_lambda: float,
     rho_bar: float,
     c_bar: float,
     normalize_advantage: bool,
-) -> tuple[TensorDict, dict[str, float]]:
+) -> tuple[dict[str, Tensor], dict[str, float]]:
     """A ``[T, B]`` batch flattened for minibatches, with what both learners optimise.
 
     Keys: ``obs``, ``action``; ``anchor_log_prob`` (what the policy ratio is taken against: the
@@ -98,18 +100,16 @@ def prepare_batch(
         ratio = log_ratio.exp()
     if normalize_advantage:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    flat = TensorDict(
-        {
-            "obs": batch["obs"],
-            "action": batch["action"],
-            "anchor_log_prob": anchor,
-            "advantage": advantages,
-            "return": returns,
-            "weight": weight,
-            "sample_weight": sample_weight,
-        },
-        batch_size=batch.batch_size,
-    ).reshape(-1)
+    prepared = {
+        "obs": batch["obs"],
+        "action": batch["action"],
+        "anchor_log_prob": anchor,
+        "advantage": advantages,
+        "return": returns,
+        "weight": weight,
+        "sample_weight": sample_weight,
+    }
+    flat = {key: value.flatten(0, 1) for key, value in prepared.items()}
     std = ratio.std().item() if ratio.numel() > 1 else 0.0
     return flat, {"importance_ratio_mean": ratio.mean().item(), "importance_ratio_std": std}
 
@@ -175,13 +175,15 @@ class PolicyGradientLearner:
         return next(self.model.parameters()).device
 
     def update(
-        self, batch: TensorDict, before_step: Callable[[], None] | None = None
+        self,
+        batch: Batch,
+        before_step: Callable[[], None] | None = None,
     ) -> dict[str, float]:
         """Run one update on a ``[T, B]`` batch and return mean training statistics.
 
         Args:
-            batch: time-major batch as returned by ``collect_rollout`` (columns from several
-                workers may be concatenated along ``B``); it is moved to the model's device.
+            batch: time-major ``[T, B]`` tensors as ``collect_rollout`` returns them (columns from
+                several workers may be concatenated along ``B``); moved to the model's device.
             before_step: called immediately before every ``optimizer.step()``, i.e. right
                 before the parameters change (e.g. to wait for an in-flight weight copy).
 
@@ -190,21 +192,23 @@ class PolicyGradientLearner:
             ``entropy``, ``approx_kl`` and ``clip_fraction``, and the batch's
             ``importance_ratio_mean`` and ``importance_ratio_std``.
         """
-        if batch.batch_dims != 2:
-            raise ValueError(f"batch must be [T, B], got batch_size {tuple(batch.batch_size)}")
-        if batch.numel() < self.minibatches:
+        steps = batch["reward"]
+        if steps.dim() != 2:
+            raise ValueError(f"batch must be [T, B], got reward of shape {tuple(steps.shape)}")
+        if steps.numel() < self.minibatches:
             raise ValueError(
-                f"batch of {batch.numel()} samples is smaller than {self.minibatches} minibatches"
+                f"batch of {steps.numel()} samples is smaller than {self.minibatches} minibatches"
             )
+        on_device = {key: value.to(self.device) for key, value in batch.items()}
         flat, ratios = prepare_batch(
-            self.model, batch.to(self.device), self.correction, self.gamma, self.gae_lambda,
+            self.model, on_device, self.correction, self.gamma, self.gae_lambda,
             self.rho_bar, self.c_bar, self.normalize_advantage,
         )  # fmt: skip
         totals = torch.zeros(len(METRICS), device=self.device)
         for _ in range(self.epochs):
-            order = torch.randperm(flat.numel(), generator=self._generator).to(self.device)
+            order = torch.randperm(steps.numel(), generator=self._generator).to(self.device)
             for indices in order.tensor_split(self.minibatches):
-                stats = self._minibatch_loss(flat[indices])
+                stats = self._minibatch_loss({key: value[indices] for key, value in flat.items()})
                 self.optimizer.zero_grad(set_to_none=True)
                 stats[0].backward()
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
@@ -215,7 +219,7 @@ class PolicyGradientLearner:
         means = (totals / (self.epochs * self.minibatches)).tolist()
         return dict(zip(METRICS, means, strict=True)) | ratios
 
-    def _minibatch_loss(self, mb: TensorDict) -> tuple[Tensor, ...]:
+    def _minibatch_loss(self, mb: Batch) -> tuple[Tensor, ...]:
         """Loss and diagnostics for one minibatch, in the order of ``METRICS``."""
         log_prob, entropy, value = self.model.evaluate(mb["obs"], mb["action"])
         log_ratio = log_prob - mb["anchor_log_prob"]
@@ -227,9 +231,7 @@ class PolicyGradientLearner:
             approx_kl = ((log_ratio.exp() - 1.0) - log_ratio).mean()
         return loss, policy_loss, value_loss, entropy, approx_kl, clip_fraction
 
-    def _policy_loss(
-        self, log_prob: Tensor, log_ratio: Tensor, mb: TensorDict
-    ) -> tuple[Tensor, Tensor]:
+    def _policy_loss(self, log_prob: Tensor, log_ratio: Tensor, mb: Batch) -> tuple[Tensor, Tensor]:
         """The policy term of the loss and the fraction of steps it clipped."""
         raise NotImplementedError
 
@@ -243,9 +245,7 @@ class PPOLearner(PolicyGradientLearner):
         super().__init__(model, **kwargs)
         self.clip_coef = clip_coef
 
-    def _policy_loss(
-        self, log_prob: Tensor, log_ratio: Tensor, mb: TensorDict
-    ) -> tuple[Tensor, Tensor]:
+    def _policy_loss(self, log_prob: Tensor, log_ratio: Tensor, mb: Batch) -> tuple[Tensor, Tensor]:
         ratio = log_ratio.exp()
         advantage = mb["advantage"]
         clipped = torch.max(
@@ -278,8 +278,6 @@ class ImpalaLearner(PolicyGradientLearner):
         super().__init__(model, ent_coef=ent_coef, epochs=epochs, minibatches=minibatches,
                          max_grad_norm=max_grad_norm, correction=correction, **kwargs)  # fmt: skip
 
-    def _policy_loss(
-        self, log_prob: Tensor, log_ratio: Tensor, mb: TensorDict
-    ) -> tuple[Tensor, Tensor]:
+    def _policy_loss(self, log_prob: Tensor, log_ratio: Tensor, mb: Batch) -> tuple[Tensor, Tensor]:
         policy_loss = -(mb["weight"] * mb["advantage"] * log_prob).mean()
         return policy_loss, torch.zeros((), device=log_prob.device)

@@ -28,10 +28,10 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import torch.multiprocessing as mp
-from tensordict import TensorDict
 
 from experiments.actor import ActorSpec, Command, run_actor
 from experiments.crew import RunStopped
+from experiments.rollout import Rollout
 from experiments.workers import WorkerLost
 from weightsync import PeerDiedError, WeightSyncScheme
 
@@ -85,7 +85,7 @@ class PipeChannel:
         wait([self.data, self.weights], timeout=timeout)
         return Command(self.data.recv()) if self.data.poll() else None
 
-    def send_rollout(self, rollout: TensorDict) -> None:
+    def send_rollout(self, rollout: Rollout) -> None:
         self._post(pickle.dumps(rollout))  # pickled here: the sender holds bytes, not tensors
 
     def send_report(self, version: int, digest: str) -> None:
@@ -213,7 +213,7 @@ class WorkerPool:
         pipes = {self._data[w]: w for w in workers}
         return sorted(pipes[conn] for conn in wait(list(pipes), timeout))
 
-    def receive_rollout(self, worker: int, timeout: float) -> TensorDict:
+    def receive_rollout(self, worker: int, timeout: float) -> Rollout:
         data = self._data[worker]
         message = pickle.loads(self._read(worker, timeout, "deliver a rollout", data.recv_bytes))
         return self._answer(worker, message)

@@ -23,11 +23,10 @@ import queue
 import time
 from typing import Any
 
-from tensordict import TensorDict
-
 from experiments.actor import ActorSpec, Command, run_actor
 from experiments.crew import RunStopped
 from experiments.pool import JOIN_TIMEOUT_S, READY
+from experiments.rollout import Rollout
 from experiments.workers import WorkerLost
 from weightsync import PeerDiedError, WeightSyncScheme
 
@@ -62,7 +61,7 @@ class QueueChannel:
         except queue.Empty:
             return None
 
-    def send_rollout(self, rollout: TensorDict) -> None:
+    def send_rollout(self, rollout: Rollout) -> None:
         self.answers.put(rollout)
 
     def send_report(self, version: int, digest: str) -> None:
@@ -194,7 +193,7 @@ class RayPool:
             if time.monotonic() >= deadline:
                 return []
 
-    def receive_rollout(self, worker: int, timeout: float) -> TensorDict:
+    def receive_rollout(self, worker: int, timeout: float) -> Rollout:
         return self._answer(worker, timeout, "deliver a rollout")
 
     def receive_report(self, worker: int, timeout: float) -> tuple[int, str]:

@@ -1,12 +1,44 @@
-"""Experience collection: run a policy in a batched environment for a fixed number of steps."""
+"""Experience collection: run a policy in a batched environment for a fixed number of steps,
+and the :class:`Rollout` a worker ships to the trainer.
+
+Plain tensors, no TensorDict: a worker process that never imports tensordict starts seconds
+sooner (tensordict imports ``torch._dynamo``), and the learner indexes minibatches itself.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from tensordict import TensorDict
 
 from experiments.envs.cartpole import BatchedCartPole
 from experiments.models import ActorCritic
+
+#: A time-major trajectory: each tensor is ``[T, B, ...]`` (steps, environments).
+Trajectory = dict[str, torch.Tensor]
+
+
+@dataclass
+class Rollout:
+    """What a worker ships per rollout: the ``[T, B]`` trajectory (with the behaviour policy's
+    ``log_prob``), the returns of episodes that ended in it, and the weight version that acted."""
+
+    trajectory: Trajectory
+    episode_returns: torch.Tensor
+    policy_version: int
+
+    @property
+    def frames(self) -> int:
+        """Environment steps in the trajectory (``T * B``)."""
+        return self.trajectory["reward"].numel()
+
+    def to(self, device: torch.device | str) -> Rollout:
+        """The same rollout with every tensor on ``device``."""
+        return Rollout(
+            {key: value.to(device) for key, value in self.trajectory.items()},
+            self.episode_returns.to(device),
+            self.policy_version,
+        )
 
 
 @torch.no_grad()
@@ -15,14 +47,14 @@ def collect_rollout(
     policy: ActorCritic,
     num_steps: int,
     generator: torch.Generator | None = None,
-) -> TensorDict:
+) -> Trajectory:
     """Run ``policy`` in ``env`` for ``num_steps`` steps, continuing from ``env.obs``.
 
     The policy may live on another device than the environment: observations are moved to the
     policy and actions back. ``generator`` (on the policy's device) drives action sampling.
 
     Returns:
-        A TensorDict on the env's device with batch size ``[num_steps, num_envs]`` and keys
+        A :data:`Trajectory` on the env's device, ``T = num_steps`` by ``B = env.num_envs``:
         ``obs [T, B, 4]``, ``action [T, B]`` (int64), ``log_prob [T, B]`` (log-probability under
         the behaviour policy), ``reward [T, B]``, ``terminated [T, B]`` and ``truncated [T, B]``
         (bool) and ``next_obs [T, B, 4]`` (the true next state, before any automatic reset).
@@ -47,8 +79,4 @@ def collect_rollout(
                 "next_obs": next_obs,
             }
         )
-    return TensorDict(
-        {key: torch.stack([step[key] for step in steps]) for key in steps[0]},
-        batch_size=[num_steps, env.num_envs],
-        device=env.device,
-    )
+    return {key: torch.stack([step[key] for step in steps]) for key in steps[0]}

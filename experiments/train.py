@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from experiments.actor import ActorSpec
 from experiments.checksum import weights_checksum
 from experiments.collection import Batch, Collection, StalenessBound
 from experiments.common.config import plain
@@ -35,7 +34,7 @@ from experiments.common.stats import percentile
 from experiments.config import resolve_device
 from experiments.crew import Crew, RunStopped
 from experiments.distributed import RankPool, build_launched_scheme
-from experiments.factory import build_learner, build_loggers
+from experiments.factory import actor_spec, build_learner, build_loggers
 from experiments.learner import PolicyGradientLearner
 from experiments.metrics import MetricsLog, mean, rounded, write_summary
 from experiments.pool import WorkerPool
@@ -57,7 +56,7 @@ def train(cfg: DictConfig, out_dir: Path, launch: LaunchInfo | None = None) -> d
     workers (experiments/distributed.py); None: the workers are spawned here."""
     run = cfg.run
     torch.set_num_threads(run.torch_threads)
-    spec = ActorSpec.from_config(cfg)
+    spec = actor_spec(cfg)
     torch.manual_seed(cfg.seed)  # workers seed alike, so they start from the same weights
     policy = spec.make_policy().to(resolve_device(cfg.device.trainer))
     learner = build_learner(cfg, policy, seed=cfg.seed)

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from tensordict import TensorDict
-
 from experiments.actor import Command
+from experiments.rollout import Rollout
 
 
 class WorkerLost(Exception):
@@ -44,8 +43,8 @@ class Workers(Protocol):
         """Those of ``workers`` that have sent something (or are gone: the next receive says
         so), waiting up to ``timeout`` s for the first; empty if none did."""
 
-    def receive_rollout(self, worker: int, timeout: float) -> TensorDict:
-        """The rollout ``worker`` was asked for (``experiments.actor.rollout_message``)."""
+    def receive_rollout(self, worker: int, timeout: float) -> Rollout:
+        """The rollout ``worker`` was asked for."""
 
     def receive_report(self, worker: int, timeout: float) -> tuple[int, str]:
         """``worker``'s answer to ``REPORT``: ``(weight version, weights checksum)``."""

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import torch
-from tensordict import TensorDict
 
-from experiments.actor import Command, rollout_message
+from experiments.actor import Command
 from experiments.collection import Collection, StalenessBound
 from experiments.crew import Crew
 from experiments.models import ActorCritic
+from experiments.rollout import Rollout
 from weightsync import NoWeightSyncScheme
 
 T, B = 3, 2  # steps and environments per rollout
@@ -32,7 +32,7 @@ class ScriptedWorkers:
     def __init__(self, versions: list[list[int]]) -> None:
         self.num_workers = len(versions)
         self.scripts = [deque(v) for v in versions]
-        self.ready: list[deque[TensorDict]] = [deque() for _ in versions]
+        self.ready: list[deque[Rollout]] = [deque() for _ in versions]
 
     def start(self) -> dict[str, Any]:
         return {}
@@ -40,16 +40,16 @@ class ScriptedWorkers:
     def send(self, worker: int, command: Command) -> None:
         if command == Command.COLLECT:
             version = self.scripts[worker].popleft()
-            trajectory = TensorDict(
-                {"obs": torch.zeros(T, B, 4), "marker": torch.full((T, B), version)},
-                batch_size=[T, B],
-            )
-            self.ready[worker].append(rollout_message(trajectory, torch.tensor([1.0]), version))
+            trajectory = {
+                "reward": torch.zeros(T, B),
+                "marker": torch.full((T, B), version),
+            }
+            self.ready[worker].append(Rollout(trajectory, torch.tensor([1.0]), version))
 
     def wait_any(self, workers: list[int], timeout: float) -> list[int]:
         return [w for w in workers if self.ready[w]]
 
-    def receive_rollout(self, worker: int, timeout: float) -> TensorDict:
+    def receive_rollout(self, worker: int, timeout: float) -> Rollout:
         return self.ready[worker].popleft()
 
     def receive_report(self, worker: int, timeout: float) -> tuple[int, str]:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from tensordict import TensorDict
 
 from experiments.common.config import ConfigError
 from experiments.distributed import build_launched_scheme, decode_rollout, encode_rollout, launch_of
+from experiments.rollout import Rollout
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 TORCHRUN = {"RANK": "1", "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
@@ -61,18 +61,17 @@ def test_each_rank_builds_its_part_of_the_scheme_from_the_launch():
 
 
 def test_a_rollout_crosses_as_json_and_one_buffer():
-    rollout = TensorDict(
-        {
-            "trajectory": TensorDict(
-                {"obs": torch.randn(5, 2, 4), "action": torch.ones(5, 2, dtype=torch.int64)},
-                batch_size=[5, 2],
-            ),
-            "episode_returns": torch.tensor([21.0, 9.0]),
-            "policy_version": torch.tensor(7),
-        },
-        batch_size=[],
-    )
+    trajectory = {
+        "obs": torch.randn(5, 2, 4),
+        "action": torch.ones(5, 2, dtype=torch.int64),
+        "terminated": torch.rand(5, 2) > 0.5,
+        "pixels": torch.randint(0, 255, (5, 2, 3, 3), dtype=torch.uint8),
+    }
+    rollout = Rollout(trajectory, torch.tensor([21.0, 9.0]), policy_version=7)
     meta, data = encode_rollout(rollout)
     back = decode_rollout(meta, data.clone())
-    assert back["trajectory"].batch_size == (5, 2)
-    assert (back == rollout).all()
+    assert back.policy_version == 7 and torch.equal(back.episode_returns, rollout.episode_returns)
+    assert back.trajectory.keys() == trajectory.keys()
+    for key, value in trajectory.items():
+        assert back.trajectory[key].dtype == value.dtype, key
+        assert torch.equal(back.trajectory[key], value), key

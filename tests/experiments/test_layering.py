@@ -5,6 +5,8 @@ no import hides inside a function to dodge a cycle."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,25 @@ def test_the_common_layer_imports_neither_program(path: Path) -> None:
 def test_no_module_imports_the_framework_lazily(path: Path) -> None:
     lazy = [module for module, at_top in _imports(path) if not at_top]
     assert not lazy, f"{path.name} imports {lazy} inside a function: a cycle being worked around"
+
+
+def test_a_spawned_worker_imports_neither_tensordict_nor_the_trainer() -> None:
+    """What a worker of ``python run.py`` imports before it runs: ``run.py`` itself (spawn runs
+    the parent's main file as ``__mp_main__``) and the module of its target. Each second of import
+    is paid once per worker per run; tensordict (it imports ``torch._dynamo``) and the trainer's
+    modules are seconds a worker never uses."""
+    root = EXPERIMENTS.parent
+    probe = (
+        "import runpy, sys; "
+        f"runpy.run_path({str(root / 'run.py')!r}, run_name='__mp_main__'); "
+        "import experiments.pool; "
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    imported = set(done.stdout.split())
+    assert "experiments.pool" in imported  # the probe did import the worker's side
+    unwanted = {"tensordict", "experiments.train", "experiments.job", "matplotlib"}
+    assert not imported & unwanted, f"a worker imports {sorted(imported & unwanted)}"

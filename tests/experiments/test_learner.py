@@ -109,7 +109,7 @@ def test_on_policy_the_ratios_are_one_and_is_changes_nothing() -> None:
 
 def test_off_policy_ratios_are_measured_and_every_correction_updates() -> None:
     model, batch = _rollout_batch(4)
-    batch["log_prob"] = batch["log_prob"] - 0.3 * torch.rand(batch.shape)  # mu: another policy
+    batch["log_prob"] = batch["log_prob"] - 0.3 * torch.rand_like(batch["log_prob"])  # mu: other
     cases = [(PPOLearner, "is"), (PPOLearner, "vtrace"), (ImpalaLearner, "vtrace"),
              (ImpalaLearner, "none")]  # fmt: skip
     for learner_cls, correction in cases:
@@ -129,7 +129,7 @@ def test_ppos_clip_is_anchored_to_the_acting_policy_except_under_decoupled_is(
     """The PPO ratio is taken against mu (the policy that acted) for none and vtrace (APPO's
     form), and against the learner's own policy at the start of the update for is."""
     model, batch = _rollout_batch(6)
-    batch["log_prob"] = batch["log_prob"] - 0.3 * torch.rand(batch.shape)  # mu: another policy
+    batch["log_prob"] = batch["log_prob"] - 0.3 * torch.rand_like(batch["log_prob"])  # mu: other
     flat, _ = prepare_batch(model, batch, correction, 0.99, 0.95, 1.0, 1.0, True)
     with torch.no_grad():
         log_pi, _, _ = model.evaluate(batch["obs"], batch["action"])
@@ -156,14 +156,15 @@ def test_learners_refuse_bad_corrections(arguments: dict, message: str) -> None:
 def test_update_accepts_worker_batches_concatenated_along_envs() -> None:
     model, first = _rollout_batch(1, num_envs=3, steps=20)
     second = collect_rollout(BatchedCartPole(5, seed=2), model, 20)
-    stats = PPOLearner(model, seed=0).update(torch.cat([first, second], dim=1))
+    side_by_side = {key: torch.cat([first[key], second[key]], dim=1) for key in first}
+    stats = PPOLearner(model, seed=0).update(side_by_side)
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
 
 
 def test_update_rejects_flat_batch() -> None:
     model, batch = _rollout_batch(0)
     with pytest.raises(ValueError, match="T, B"):
-        PPOLearner(model).update(batch.reshape(-1))
+        PPOLearner(model).update({key: value.flatten(0, 1) for key, value in batch.items()})
 
 
 def _mean_recent_return(env: BatchedCartPole, recent: deque[float]) -> float:
