@@ -17,11 +17,13 @@ pickles.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import threading
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +40,7 @@ from experiments.crew import RunStopped
 from experiments.factory import actor_spec
 from experiments.rollout import Rollout
 from experiments.workers import WorkerLost
-from weightsync import DistributedWeightSyncScheme, WeightSyncScheme
+from weightsync import DistributedWeightSyncScheme, PeerDiedError, WeightSyncScheme
 from weightsync.flat import FlatBuffer, FlatLayout
 from weightsync.launch import LaunchInfo
 from weightsync.transports import (
@@ -68,6 +70,11 @@ POLL_S = 0.002  # how often rank 0 looks for the first of several rollouts to ar
 READY = 4  # worker: built, joining the scheme
 ROLLOUT = 5  # worker: a rollout follows (description length, payload length)
 WEIGHTS = 6  # worker: (version, checksum length), the checksum follows
+FAILED = 7  # worker: its env or policy raised; (traceback length), the traceback follows
+
+
+class TrainerGone(RuntimeError):
+    """A worker rank's link to rank 0 broke: nobody is left to work for."""
 
 
 def launch_of(cfg: DictConfig, environ: dict[str, str] | None = None) -> LaunchInfo | None:
@@ -285,7 +292,13 @@ class RankPool:
         if arrival.error is not None:
             raise WorkerLost(w, f"worker {w} (rank {w + 1}) is gone: it did not {doing} "
                                 f"({_first_line(arrival.error)})")  # fmt: skip
-        return arrival.header.tolist()
+        found = arrival.header.tolist()
+        if found[0] == FAILED:  # in place of the answer: why the worker stopped
+            trace = torch.empty(found[1], dtype=torch.uint8)
+            self._recv(w, trace, timeout, "send its traceback")
+            why = bytes(trace.numpy()).decode(errors="replace").rstrip()
+            raise WorkerLost(w, f"worker {w} (rank {w + 1}) failed:\n{why}")
+        return found
 
     def _recv(self, w: int, tensor: torch.Tensor, timeout: float, doing: str) -> None:
         post = self.links[w].group.recv
@@ -336,19 +349,36 @@ class RankChannel:
         self.link = link
 
     def ready(self) -> None:
-        self.link.send(header(READY), TO_TRAINER).wait()
+        self._send(header(READY))
 
     def next_command(self, timeout: float) -> Command | None:
         msg = empty_header()
-        self.link.recv(msg, TO_WORKER)
+        try:
+            self.link.recv(msg, TO_WORKER)
+        except RuntimeError as err:
+            raise TrainerGone(_first_line(err)) from err
         return Command(msg[0].item())
 
     def send_rollout(self, rollout: Rollout) -> None:
         meta, data = encode_rollout(rollout)
-        _send_all(self.link, header(ROLLOUT, len(meta), data.numel()), as_bytes(meta), data)
+        self._send(header(ROLLOUT, len(meta), data.numel()), as_bytes(meta), data)
 
     def send_report(self, version: int, digest: str) -> None:
-        _send_all(self.link, header(WEIGHTS, version, len(digest)), as_bytes(digest))
+        self._send(header(WEIGHTS, version, len(digest)), as_bytes(digest))
+
+    def send_failure(self, trace: str) -> None:
+        """``FAILED`` and ``trace`` in place of the answer rank 0 awaits (a link that broke
+        meanwhile is ignored: nobody is left to tell)."""
+        text = trace.encode()
+        with contextlib.suppress(TrainerGone):
+            self._send(header(FAILED, len(text)), as_bytes(text))
+
+    def _send(self, *tensors: torch.Tensor) -> None:
+        try:
+            for work in [self.link.send(t, TO_TRAINER) for t in tensors]:
+                work.wait()
+        except RuntimeError as err:
+            raise TrainerGone(_first_line(err)) from err
 
 
 def serve_rank(cfg: DictConfig, info: LaunchInfo) -> None:
@@ -360,17 +390,17 @@ def serve_rank(cfg: DictConfig, info: LaunchInfo) -> None:
                        timeout=cfg.run.startup_timeout)  # fmt: skip
     link = Link(store, f"experiments/rollouts/{w}", 1, timeout=cfg.run.startup_timeout,
                 bind=OmegaConf.select(cfg, "sync.bind"))  # fmt: skip
+    channel = RankChannel(link)
     try:
-        run_actor(actor_spec(cfg), w, scheme, RankChannel(link), {"worker_id": w})
-    except RuntimeError as err:  # rank 0 is gone: nobody is left to work for
+        run_actor(actor_spec(cfg), w, scheme, channel, {"worker_id": w})
+    except (TrainerGone, PeerDiedError) as err:  # rank 0 is gone: nobody is left to work for
         log.warning("worker %d: the trainer is gone (%s); exiting", w, _first_line(err))
+    except Exception:
+        # Its env or policy raised: rank 0 learns why, in place of the answer it awaits.
+        channel.send_failure(traceback.format_exc())
+        raise
     finally:
         scheme.shutdown()
-
-
-def _send_all(link: Link, *tensors: torch.Tensor) -> None:
-    for work in [link.send(t, TO_TRAINER) for t in tensors]:
-        work.wait()
 
 
 def _first_line(err: BaseException) -> str:

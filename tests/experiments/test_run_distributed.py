@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -161,3 +162,22 @@ def test_every_worker_rank_exits_when_rank_0_is_killed(slurm):
     for rank in (1, 2):  # a liveness bound: a dead link is seen at once on an idle machine
         assert ranks.wait(rank, within_s=timeout + 30) == 0, ranks.output(rank)
         assert "Traceback" not in ranks.output(rank), ranks.output(rank)
+
+
+def test_an_env_that_raises_in_a_worker_rank_stops_the_run_with_its_traceback(slurm):
+    """A worker rank whose env raises sends its traceback to rank 0 in place of its rollout, as a
+    spawned worker does; it is not taken for a trainer gone (the env raises a RuntimeError, as
+    a broken link does)."""
+    ranks = slurm(
+        "env=gym", "env.id=tests.helpers.faulty_env:Faulty-v0", "env.num_envs=2",
+        "run.rollout_steps=16", "run.total_frames=640", "learner.minibatches=2",
+        "learner.epochs=1",
+    )  # fmt: skip
+    assert ranks.wait(0, within_s=150) == 1, ranks.output(0)
+    summary = _summary(ranks.out[0])
+    assert summary["status"] == "worker_failed", summary
+    assert re.search(r"worker \d \(rank \d\) failed", summary["error"]), summary["error"]
+    assert "the simulator broke at step 40" in summary["error"]
+    assert "Traceback" in summary["error"] and "faulty_env.py" in summary["error"]
+    for rank in (1, 2):  # a liveness bound: each ends once its env broke or rank 0 is gone
+        ranks.wait(rank, within_s=60)
