@@ -46,7 +46,7 @@ class EnvBackend(str, Enum):
     """Who steps a worker's Gymnasium envs."""
 
     gymnasium = "gymnasium"  # gymnasium.vector.SyncVectorEnv in the worker process
-    envpool = "envpool"  # refused: not wired in (and not installed here)
+    envpool = "envpool"  # EnvPool's C++ threads (the envpool extra; env=gym ids, no normalisation)
 
 
 # ------------------------------------------------------------------------------------ models

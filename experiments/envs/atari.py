@@ -71,6 +71,16 @@ class AtariEnv(GymEnv):
         return self._make(self.id, **self._options, **self._atari)
 
     @classmethod
+    def _envpool(cls, id: str, num_envs: int, seed: int | None, options: dict[str, Any]) -> Any:
+        """Refused: EnvPool's Atari games have a preprocessing of their own (its options, its
+        life-loss and raw-score signals), which this family does not map yet."""
+        raise ValueError(
+            "env=atari with env.backend=envpool is not wired: EnvPool's Atari preprocessing "
+            "differs from the Gymnasium wrappers this family reports returns through. Use "
+            "env.backend=gymnasium (EnvPool runs env=gym ids such as CartPole-v1)."
+        )
+
+    @classmethod
     def _make(
         cls,
         id: str,

@@ -2,11 +2,12 @@
 
 :class:`GymEnv` runs ``num_envs`` copies of any registered Gymnasium env (``Acrobot-v1``,
 ``LunarLander-v3``, ``Pendulum-v1``, the MuJoCo ``HalfCheetah-v5``, ...) in one
-``gymnasium.vector.SyncVectorEnv`` (the workers are the processes; a worker steps its envs in
-turn) and offers what :class:`~experiments.envs.BatchedCartPole` offers: ``obs``, ``step``
-returning the true next observations, ``pop_finished_returns``. Episodes reset in the step that
-ends them (Gymnasium's ``SAME_STEP`` autoreset), so each step is a real transition and the
-final observation of a truncated episode is there to bootstrap from.
+``gymnasium.vector.SyncVectorEnv`` (``env.backend=gymnasium``: the workers are the processes; a
+worker steps its envs in turn) or in EnvPool (``env.backend=envpool``: C++ threads) and offers
+what :class:`~experiments.envs.BatchedCartPole` offers: ``obs``, ``step`` returning the true next
+observations, ``pop_finished_returns``. Episodes reset in the step that ends them (Gymnasium's
+``SAME_STEP`` autoreset, :mod:`experiments.envs.vector`), so each step is a real transition and
+the final observation of a truncated episode is there to bootstrap from.
 
 Each wrapper is Gymnasium's own (:mod:`experiments.envs.atari` adds the Atari ones).
 Gymnasium (with MuJoCo for its MuJoCo envs) is the optional ``envs`` extra: this module is
@@ -22,7 +23,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces as gym_spaces
-from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.wrappers import (
     ClipAction,
     NormalizeObservation,
@@ -33,6 +33,8 @@ from gymnasium.wrappers import (
 )
 from torch import Tensor
 
+from experiments.envs.envpool_vector import EnvPoolVector
+from experiments.envs.vector import GymnasiumVector
 from experiments.spaces import (
     ActionSpace,
     EnvSpaces,
@@ -54,7 +56,8 @@ class GymEnv:
         num_envs: copies of the env in this worker.
         device: accepted for the batched-env interface; data stays on the CPU.
         seed: copy ``i`` is reset with ``seed + i`` (None: unseeded).
-        backend: ``gymnasium`` (``SyncVectorEnv``); ``envpool`` is refused where not installed.
+        backend: ``gymnasium`` (``SyncVectorEnv``) or ``envpool`` (the ``envpool`` extra; not
+            with observation or reward normalisation, which wrap each copy in Python).
         max_steps: truncate episodes after this many steps (None: the env's own limit).
         normalize_observation: running mean/std normalisation of observations (per env copy,
             clipped to ``[-clip, clip]``), as PPO's continuous-control setups use.
@@ -82,7 +85,6 @@ class GymEnv:
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
-        check_backend(backend)
         self.id = id
         self.num_envs = num_envs
         self.device = torch.device("cpu")
@@ -94,20 +96,29 @@ class GymEnv:
             "clip": clip,
             "make_kwargs": dict(make_kwargs or {}),
         }
-        self._envs = SyncVectorEnv(
-            [self._make_one] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP
+        check_backend(backend)
+        self._envs: GymnasiumVector | EnvPoolVector = (
+            GymnasiumVector(self._make_one, num_envs, seed)
+            if backend == "gymnasium"
+            else self._envpool(id, num_envs, seed, self._options)
         )
         self.spaces = spaces_of(id, self._envs.single_observation_space,
                                 self._envs.single_action_space)  # fmt: skip
-        obs, _ = self._envs.reset(seed=seed)
-        self._obs = self._to_tensor(obs)
+        self._obs = self._to_tensor(self._envs.reset())
         self._finished: list[np.ndarray] = []
 
     @classmethod
     def describe(cls, id: str, **options: Any) -> EnvSpaces:
         """The spaces of ``id`` as wrapped here, read from one copy (built, then closed)."""
         options.pop("num_envs", None)
-        check_backend(options.pop("backend", "gymnasium"))
+        backend = options.pop("backend", "gymnasium")
+        check_backend(backend)
+        if backend == "envpool":
+            envs = cls._envpool(id, 1, 0, options)
+            try:
+                return spaces_of(id, envs.single_observation_space, envs.single_action_space)
+            finally:
+                envs.close()
         env = cls._make(id, **options)
         try:
             return spaces_of(id, env.observation_space, env.action_space)
@@ -123,23 +134,17 @@ class GymEnv:
         """Apply one action per env; ``(next_obs, reward, terminated, truncated)`` as in
         :meth:`BatchedCartPole.step`: ``next_obs`` is the true next observation (the final one
         where an episode ended), :attr:`obs` the one to act on next."""
-        obs, reward, terminated, truncated, info = self._envs.step(action.cpu().numpy())
-        self._obs = self._to_tensor(obs)
+        step = self._envs.step(action.cpu().numpy())
+        self._obs = self._to_tensor(step.obs)
         next_obs = self._obs
-        if "_final_obs" in info:
-            ended = info["_final_obs"]
-            final = np.stack(info["final_obs"][ended])
+        terminated = torch.from_numpy(np.asarray(step.terminated, dtype=bool))
+        truncated = torch.from_numpy(np.asarray(step.truncated, dtype=bool))
+        if step.final_obs is not None:
             next_obs = next_obs.clone()
-            next_obs[torch.from_numpy(ended)] = self._to_tensor(final)
-            episodes = info["final_info"].get("episode")
-            if episodes is not None:
-                self._finished.append(episodes["r"][info["final_info"]["_episode"]])
-        return (
-            next_obs,
-            torch.as_tensor(reward, dtype=torch.float32),
-            torch.from_numpy(terminated),
-            torch.from_numpy(truncated),
-        )
+            next_obs[terminated | truncated] = self._to_tensor(step.final_obs)
+        if step.returns.size:
+            self._finished.append(step.returns)
+        return next_obs, torch.as_tensor(step.reward, dtype=torch.float32), terminated, truncated
 
     def pop_finished_returns(self) -> Tensor:
         """Raw returns (float32 ``[N]``) of the episodes ended since the last call."""
@@ -159,6 +164,23 @@ class GymEnv:
 
     def _make_one(self) -> gym.Env:
         return self._make(self.id, **self._options)
+
+    @classmethod
+    def _envpool(
+        cls, id: str, num_envs: int, seed: int | None, options: dict[str, Any]
+    ) -> EnvPoolVector:
+        """The copies of ``id`` in EnvPool; refused where this family's options need wrappers
+        (normalisation wraps each copy in Python, and EnvPool steps its copies in C++)."""
+        wanted = [key for key in ("normalize_observation", "normalize_reward") if options.get(key)]
+        if wanted:
+            raise ValueError(
+                f"env.{wanted[0]}=true needs env.backend=gymnasium: it wraps each copy of the "
+                "env in Python, and EnvPool steps its copies in C++. Use env.backend=gymnasium, "
+                f"or set env.{wanted[0]}=false."
+            )
+        return EnvPoolVector(
+            id, num_envs, seed, options.get("max_steps"), options.get("make_kwargs") or {}
+        )
 
     @classmethod
     def _make(
@@ -195,20 +217,18 @@ class GymEnv:
 
 
 def check_backend(backend: str) -> None:
-    """Refuse ``env.backend=envpool``: EnvPool is not wired in (and needs installing)."""
+    """Refuse a backend that is not one, or EnvPool where it is not installed."""
     if backend == "gymnasium":
         return
     if backend == "envpool":
-        where = (
-            "it is installed, but weightsync does not drive it yet"
-            if importlib.util.find_spec("envpool")
-            else "it is not installed here (pip install envpool; wheels exist for Linux, "
-            "Python <= 3.11)"
-        )
-        raise ValueError(
-            f"env.backend=envpool is not available: {where}. Use env.backend=gymnasium."
-        )
-    raise ValueError(f"env.backend={backend!r} is not a backend: use gymnasium (or envpool)")
+        if importlib.util.find_spec("envpool") is None:
+            raise ValueError(
+                "env.backend=envpool is not available: EnvPool is not installed here "
+                '(pip install -e ".[envpool]"; wheels exist for Linux x86-64). '
+                "Use env.backend=gymnasium."
+            )
+        return
+    raise ValueError(f"env.backend={backend!r} is not a backend: use gymnasium or envpool")
 
 
 def spaces_of(id: str, observation: gym.Space, action: gym.Space) -> EnvSpaces:

@@ -102,3 +102,15 @@ def test_an_env_that_raises_in_a_worker_stops_the_run_with_its_traceback(tmp_pat
     assert "Traceback" in summary["error"] and "faulty_env.py" in summary["error"]
     records = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(records) == 2  # the rollouts delivered before the env broke were learned from
+
+
+def test_an_envpool_env_runs_through_run_py(tmp_path: Path) -> None:
+    """env.backend=envpool: the workers step EnvPool's C++ copies, rollouts and weights as ever."""
+    result = run_py(
+        "env=gym", "env.backend=envpool", "sync=shared-mem", *TINY, f"hydra.run.dir={tmp_path}",
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed", summary
+    assert summary["weights_match"] is True and summary["frames"] == 64, summary

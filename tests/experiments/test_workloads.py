@@ -57,7 +57,12 @@ def test_a_misspelt_id_is_refused_with_gymnasiums_suggestion_in_one_line(make_cf
                                       "model=impala_cnn"]),
         (["model=impala_cnn"], ["ImpalaCNN", "reads pixels", "CartPole", "model=mlp"]),
         (["env=gym", "env.id=Blackjack-v1"], ["Tuple(Discrete(32)", "model=mlp"]),
-        (["env=gym", "env.backend=envpool"], ["env.backend=envpool", "env.backend=gymnasium"]),
+        (["env=mujoco", "env.id=Pendulum-v1", "env.backend=envpool"],
+         ["env.normalize_observation=true needs env.backend=gymnasium"]),
+        (["env=atari", "env.backend=envpool"], ["env=atari with env.backend=envpool",
+                                               "env.backend=gymnasium"]),
+        (["env=gym", "env.backend=envpool", "env.id=CartPol-v1"], ["CartPol-v1",
+                                                                  "Did you mean: CartPole-v1"]),
     ],
 )  # fmt: skip
 def test_a_model_or_env_that_cannot_work_is_refused_naming_space_and_fix(
@@ -96,9 +101,13 @@ def test_the_policy_follows_the_envs_spaces(
 
 
 # ----------------------------------------------------------------------------- step semantics
-def test_a_truncated_episode_yields_its_final_observation_and_resets() -> None:
+BACKENDS = ["gymnasium", "envpool"]  # EnvPool is in the dev extra: CI runs both
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_truncated_episode_yields_its_final_observation_and_resets(backend: str) -> None:
     truncating, endless = (
-        GymEnv("Pendulum-v1", 3, seed=0, **{**GYM_OPTIONS, "max_steps": limit})
+        GymEnv("Pendulum-v1", 3, seed=0, **{**GYM_OPTIONS, "max_steps": limit, "backend": backend})
         for limit in (5, 1000)
     )
     try:
@@ -115,6 +124,39 @@ def test_a_truncated_episode_yields_its_final_observation_and_resets() -> None:
     finally:
         truncating.close()
         endless.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_step_is_a_real_transition_and_returns_are_the_episodes_rewards(backend: str) -> None:
+    """Where an episode goes on, the next observation is the one acted on next; where it ended,
+    the one acted on next is a fresh start (CartPole's are within 0.05), in the same step; each
+    finished episode's return is the sum of its rewards (CartPole: its length)."""
+    env = GymEnv("CartPole-v1", 4, seed=1, **{**GYM_OPTIONS, "backend": backend})
+    try:
+        acted, following, ended, rewards = [], [], [], []
+        actions = torch.Generator().manual_seed(0)
+        for _ in range(120):
+            acted.append(env.obs.clone())
+            next_obs, reward, terminated, truncated = env.step(
+                torch.randint(0, 2, (4,), generator=actions)
+            )
+            following.append(next_obs)
+            ended.append(terminated | truncated)
+            rewards.append(reward)
+        acted, following, ended = torch.stack(acted), torch.stack(following), torch.stack(ended)
+        going_on = ~ended[:-1]
+        assert ended.sum() >= 8, "too few episodes ended to check anything"
+        assert torch.equal(following[:-1][going_on], acted[1:][going_on])
+        assert acted[1:][ended[:-1]].abs().max() <= 0.05  # fresh starts
+        assert not torch.equal(following[:-1][ended[:-1]], acted[1:][ended[:-1]])
+        lengths = []
+        for column in range(4):  # the steps from each start to each end, per copy
+            ends = torch.nonzero(ended[:, column]).flatten().tolist()
+            lengths += [end - start for start, end in zip([-1, *ends], ends, strict=False)]
+        assert torch.equal(torch.stack(rewards), torch.ones(120, 4))
+        assert sorted(env.pop_finished_returns().tolist()) == sorted(float(n) for n in lengths)
+    finally:
+        env.close()
 
 
 def test_returns_are_reported_raw_under_reward_normalisation() -> None:
