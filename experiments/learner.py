@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from experiments.correction import CORRECTIONS, truncated_importance_weights, vtrace
 from experiments.models import ActorCritic
 
-#: A batch of named tensors sharing their leading dimensions (``[T, B]`` or flat ``[N]``).
-Batch = Mapping[str, Tensor]
+#: Named tensors sharing their leading dimensions: a ``[T, B]`` batch or a flat ``[N]`` minibatch
+#: (not to be confused with ``experiments.collection.Batch``, what one iteration collected).
+Tensors = Mapping[str, Tensor]
 
 METRICS = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 
@@ -57,7 +58,7 @@ def compute_gae(
 
 def prepare_batch(
     model: ActorCritic,
-    batch: Batch,
+    batch: Tensors,
     correction: str,
     gamma: float,
     gae_lambda: float,
@@ -176,7 +177,7 @@ class PolicyGradientLearner:
 
     def update(
         self,
-        batch: Batch,
+        batch: Tensors,
         before_step: Callable[[], None] | None = None,
     ) -> dict[str, float]:
         """Run one update on a ``[T, B]`` batch and return mean training statistics.
@@ -219,7 +220,7 @@ class PolicyGradientLearner:
         means = (totals / (self.epochs * self.minibatches)).tolist()
         return dict(zip(METRICS, means, strict=True)) | ratios
 
-    def _minibatch_loss(self, mb: Batch) -> tuple[Tensor, ...]:
+    def _minibatch_loss(self, mb: Tensors) -> tuple[Tensor, ...]:
         """Loss and diagnostics for one minibatch, in the order of ``METRICS``."""
         log_prob, entropy, value = self.model.evaluate(mb["obs"], mb["action"])
         log_ratio = log_prob - mb["anchor_log_prob"]
@@ -231,7 +232,9 @@ class PolicyGradientLearner:
             approx_kl = ((log_ratio.exp() - 1.0) - log_ratio).mean()
         return loss, policy_loss, value_loss, entropy, approx_kl, clip_fraction
 
-    def _policy_loss(self, log_prob: Tensor, log_ratio: Tensor, mb: Batch) -> tuple[Tensor, Tensor]:
+    def _policy_loss(
+        self, log_prob: Tensor, log_ratio: Tensor, mb: Tensors
+    ) -> tuple[Tensor, Tensor]:
         """The policy term of the loss and the fraction of steps it clipped."""
         raise NotImplementedError
 
@@ -245,7 +248,9 @@ class PPOLearner(PolicyGradientLearner):
         super().__init__(model, **kwargs)
         self.clip_coef = clip_coef
 
-    def _policy_loss(self, log_prob: Tensor, log_ratio: Tensor, mb: Batch) -> tuple[Tensor, Tensor]:
+    def _policy_loss(
+        self, log_prob: Tensor, log_ratio: Tensor, mb: Tensors
+    ) -> tuple[Tensor, Tensor]:
         ratio = log_ratio.exp()
         advantage = mb["advantage"]
         clipped = torch.max(
@@ -278,6 +283,8 @@ class ImpalaLearner(PolicyGradientLearner):
         super().__init__(model, ent_coef=ent_coef, epochs=epochs, minibatches=minibatches,
                          max_grad_norm=max_grad_norm, correction=correction, **kwargs)  # fmt: skip
 
-    def _policy_loss(self, log_prob: Tensor, log_ratio: Tensor, mb: Batch) -> tuple[Tensor, Tensor]:
+    def _policy_loss(
+        self, log_prob: Tensor, log_ratio: Tensor, mb: Tensors
+    ) -> tuple[Tensor, Tensor]:
         policy_loss = -(mb["weight"] * mb["advantage"] * log_prob).mean()
         return policy_loss, torch.zeros((), device=log_prob.device)

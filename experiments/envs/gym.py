@@ -17,6 +17,7 @@ imported only when a config names one of its classes.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -96,12 +97,7 @@ class GymEnv:
             "clip": clip,
             "make_kwargs": dict(make_kwargs or {}),
         }
-        check_backend(backend)
-        self._envs: GymnasiumVector | EnvPoolVector = (
-            GymnasiumVector(self._make_one, num_envs, seed)
-            if backend == "gymnasium"
-            else self._envpool(id, num_envs, seed, self._options)
-        )
+        self._envs = self._copies(id, num_envs, seed, backend, self._options, self._make_one)
         self.spaces = spaces_of(id, self._envs.single_observation_space,
                                 self._envs.single_action_space)  # fmt: skip
         self._obs = self._to_tensor(self._envs.reset())
@@ -112,18 +108,11 @@ class GymEnv:
         """The spaces of ``id`` as wrapped here, read from one copy (built, then closed)."""
         options.pop("num_envs", None)
         backend = options.pop("backend", "gymnasium")
-        check_backend(backend)
-        if backend == "envpool":
-            envs = cls._envpool(id, 1, 0, options)
-            try:
-                return spaces_of(id, envs.single_observation_space, envs.single_action_space)
-            finally:
-                envs.close()
-        env = cls._make(id, **options)
+        envs = cls._copies(id, 1, 0, backend, options, lambda: cls._make(id, **options))
         try:
-            return spaces_of(id, env.observation_space, env.action_space)
+            return spaces_of(id, envs.single_observation_space, envs.single_action_space)
         finally:
-            env.close()
+            envs.close()
 
     @property
     def obs(self) -> Tensor:
@@ -164,6 +153,23 @@ class GymEnv:
 
     def _make_one(self) -> gym.Env:
         return self._make(self.id, **self._options)
+
+    @classmethod
+    def _copies(
+        cls,
+        id: str,
+        num_envs: int,
+        seed: int | None,
+        backend: str,
+        options: dict[str, Any],
+        make_one: Callable[[], gym.Env],
+    ) -> GymnasiumVector | EnvPoolVector:
+        """``num_envs`` copies of ``id`` stepped by ``backend`` (Gymnasium's are ``make_one()``
+        each)."""
+        check_backend(backend)
+        if backend == "gymnasium":
+            return GymnasiumVector(make_one, num_envs, seed)
+        return cls._envpool(id, num_envs, seed, options)
 
     @classmethod
     def _envpool(
